@@ -1,0 +1,7 @@
+"""MNIST classifiers with PyTorch Lightning, LightningCLI and Weights & Biases."""
+
+from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.models import MLPClassifier, MNISTClassifier
+
+__all__ = ["MLPClassifier", "MNISTClassifier", "MNISTDataModule"]
+__version__ = "0.1.0"

@@ -1,0 +1,63 @@
+"""Callbacks the CLI adds to every run."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it, so no half-written file is ever left."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predict`` results as CSV: index, predicted digit, and the ten class probabilities.
+
+    Args:
+        output: the CSV file; relative paths are under the trainer's ``default_root_dir``.
+    """
+
+    def __init__(self, output: str = "predictions.csv") -> None:
+        super().__init__(write_interval="epoch")
+        self.output = output
+        self.written: Path | None = None
+
+    def write_on_epoch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence[Any] | None,
+    ) -> None:
+        if trainer.world_size > 1:
+            raise RuntimeError("predict writes one file from one process; run it with --trainer.devices 1")
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        probs = torch.cat([b.float().cpu() for b in batches]) if batches else torch.empty(0, 10)
+        header = "index,prediction," + ",".join(f"prob_{k}" for k in range(probs.shape[1]))
+        rows = [
+            f"{i},{row.argmax().item()}," + ",".join(f"{p:.6f}" for p in row.tolist()) for i, row in enumerate(probs)
+        ]
+        path = Path(self.output)
+        if not path.is_absolute():
+            path = Path(trainer.default_root_dir) / path
+        write_atomically(path, "\n".join([header, *rows]) + "\n")
+        self.written = path
+        print(f"Predictions for {len(rows):,} images written to {path}", file=sys.stderr)

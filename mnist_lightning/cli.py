@@ -1,0 +1,176 @@
+"""The ``mnist-lightning`` command: LightningCLI with the project's defaults and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import mnist_lightning.models  # noqa: F401  (registers every classifier so --model Name resolves)
+from mnist_lightning.callbacks import PredictionWriter
+from mnist_lightning.data import MNISTDataError, MNISTDataModule
+from mnist_lightning.models.base import MNISTClassifier
+from mnist_lightning.tracking import SaveConfigToRun
+
+DEBUG_ENV = "MNIST_LIGHTNING_DEBUG"
+
+# batch indices are not needed: predictions come back in the order of the (unshuffled) split
+warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+
+
+def config_dir() -> Path:
+    """The presets folder: packaged with a wheel install, the repository's ``configs/`` otherwise."""
+    packaged = Path(__file__).parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "configs"
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Argument errors as one line (the full jsonargparse report with ``MNIST_LIGHTNING_DEBUG=1``)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if os.environ.get(DEBUG_ENV) or not self.exit_on_error:
+            super().error(message, ex)
+        print(
+            f"mnist-lightning: error: {summarize_parse_error(message)}; see 'mnist-lightning --help'", file=sys.stderr
+        )
+        sys.exit(2)
+
+
+def summarize_parse_error(message: str) -> str:
+    """The gist of a (possibly nested, many-line) jsonargparse error, in one line."""
+    lines = [line.strip().lstrip("- ").strip() for line in message.strip().splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return message
+    unknown = next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("Expected a dot import path")), None
+    )
+    if unknown is not None:
+        names = ", ".join(sorted(cls.__name__ for cls in model_classes()))
+        return f"unknown model {unknown!r}; choose one of {names} (or a full class path)"
+    keys = [i for i, line in enumerate(lines) if line.startswith("Parser key") and line.endswith(":")]
+    if keys and keys[-1] + 1 < len(lines) and (keys[-1] > 0 or "Errors:" not in lines):
+        return f"{lines[keys[-1]]} {lines[keys[-1] + 1]}"
+    if "Errors:" in lines:
+        skip = ("Expected a <class 'NoneType'>", "Given value", "Subtypes:")
+        reasons = [line for line in lines[lines.index("Errors:") + 1 :] if not line.startswith(skip)]
+        if reasons:
+            return f"{lines[0]} {reasons[0]}" if lines[0].startswith("Parser key") else reasons[0]
+    return lines[0]
+
+
+def model_classes() -> list[type[MNISTClassifier]]:
+    """Every concrete classifier that ``--model`` accepts."""
+    found, todo = [], [MNISTClassifier]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls is not MNISTClassifier:
+            found.append(cls)
+    return found
+
+
+class MNISTLightningCLI(LightningCLI):
+    """LightningCLI over every :class:`MNISTClassifier` and the :class:`MNISTDataModule`."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
+        self.checkpoint_defaults = checkpoint_defaults(sys.argv[1:] if args is None else args)
+        super().__init__(
+            MNISTClassifier,
+            MNISTDataModule,
+            subclass_mode_model=True,
+            save_config_callback=SaveConfigToRun,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={
+                subcommand: {"default_config_files": [str(config_dir() / "defaults.yaml")]}
+                for subcommand in ("fit", "validate", "test", "predict")
+            },
+            auto_configure_optimizers=False,
+            parser_class=OneLineErrorParser,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:02d}-val_acc{val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+        if self.checkpoint_defaults:
+            parser.set_defaults(self.checkpoint_defaults)
+
+
+def checkpoint_defaults(args: list[str]) -> dict[str, object]:
+    """Model and data settings stored in the checkpoint named by ``--ckpt_path``, as parser defaults.
+
+    With them ``test --ckpt_path X`` rebuilds the model that wrote X (and its train/validation split) without
+    ``--model`` or a config; anything given on the command line or in a config still wins.
+    """
+    path = None
+    for i, arg in enumerate(args):
+        if arg == "--ckpt_path" and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--ckpt_path="):
+            path = arg.split("=", 1)[1]
+    if path is None or path in ("last", "best", "hpc", "registry"):
+        return {}
+    checkpoint = load_checkpoint(path)
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    class_path = hparams.pop("_class_path", None)
+    if class_path is None:
+        raise CheckpointError(f"checkpoint {path} has no model class path; it was not written by mnist-lightning fit")
+    defaults: dict[str, object] = {"model": {"class_path": class_path, "init_args": hparams}}
+    data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    for key in ("_instantiator", "_class_path", "data_dir"):
+        data.pop(key, None)
+    defaults.update({f"data.{key}": value for key, value in data.items()})
+    return defaults
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that is missing, unreadable or not an mnist-lightning checkpoint."""
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint's tensors and plain data (no arbitrary unpickling), or raise a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass a .ckpt file from runs/<project>/<run>/checkpoints"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({type(err).__name__}): truncated or not a Lightning checkpoint"
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point; user errors end with one line on stderr and exit code 1 (traceback with DEBUG)."""
+    try:
+        MNISTLightningCLI(args=args)
+    except (MNISTDataError, ValueError, FileNotFoundError) as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"mnist-lightning: error: {summarize_parse_error(str(err))}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,319 @@
+"""MNIST as tensors: file checks, the seeded train/validation split, batches and on-device transforms."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MEAN = 0.1307
+STD = 0.3081
+NUM_TRAIN = 60_000
+NUM_TEST = 10_000
+DATA_DIR_ENV = "MNIST_LIGHTNING_DATA_DIR"
+
+# name -> (idx magic number, item count, byte size, md5 of the uncompressed file)
+RAW_FILES: dict[str, tuple[int, int, int, str]] = {
+    "train-images-idx3-ubyte": (2051, NUM_TRAIN, 47_040_016, "6bbc9ace898e44ae57da46a324031adb"),
+    "train-labels-idx1-ubyte": (2049, NUM_TRAIN, 60_008, "a25bea736e30d166cdddb491f175f624"),
+    "t10k-images-idx3-ubyte": (2051, NUM_TEST, 7_840_016, "2646ac647ad5339dbf082846283269ea"),
+    "t10k-labels-idx1-ubyte": (2049, NUM_TEST, 10_008, "27ae3e4e09519cfbb04c329615203637"),
+}
+
+
+class MNISTDataError(RuntimeError):
+    """The MNIST files are missing or damaged; the message says which and how to fix it."""
+
+
+def default_data_dir() -> Path:
+    """The data folder: ``$MNIST_LIGHTNING_DATA_DIR`` if set, else ``./data``."""
+    return Path(os.environ.get(DATA_DIR_ENV) or "data")
+
+
+def raw_dir(data_dir: str | Path) -> Path:
+    """Where torchvision's ``datasets.MNIST`` keeps the four uncompressed files."""
+    return Path(data_dir) / "MNIST" / "raw"
+
+
+def _fix_hint(data_dir: Path) -> str:
+    return (
+        f"point data_dir at a folder holding MNIST/raw/{{{', '.join(RAW_FILES)}}} "
+        f"(--data.data_dir DIR or {DATA_DIR_ENV}=DIR), or run once with internet access to download it"
+    )
+
+
+def verify_raw_files(data_dir: str | Path) -> None:
+    """Check size, magic number, item count and MD5 of the four raw files; raise MNISTDataError naming the bad one."""
+    folder = raw_dir(data_dir)
+    missing = [name for name in RAW_FILES if not (folder / name).is_file()]
+    if missing:
+        raise MNISTDataError(f"MNIST files missing in {folder}: {', '.join(missing)}; {_fix_hint(Path(data_dir))}")
+    for name, (magic, count, size, md5) in RAW_FILES.items():
+        path = folder / name
+        data = path.read_bytes()
+        problem = None
+        if len(data) != size:
+            problem = f"is {len(data):,} bytes, expected {size:,} (truncated or not MNIST)"
+        elif int.from_bytes(data[0:4], "big") != magic or int.from_bytes(data[4:8], "big") != count:
+            problem = "has the wrong header (not an MNIST idx file)"
+        elif hashlib.md5(data).hexdigest() != md5:
+            problem = "fails its MD5 check (corrupt)"
+        if problem:
+            raise MNISTDataError(f"MNIST file {path} {problem}; delete it and {_fix_hint(Path(data_dir))}")
+
+
+def download(data_dir: str | Path) -> None:
+    """Download MNIST through torchvision into ``data_dir``; raise MNISTDataError if that is impossible."""
+    from torchvision import datasets
+
+    try:
+        for train in (True, False):
+            datasets.MNIST(str(data_dir), train=train, download=True)
+    except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on what failed
+        raise MNISTDataError(
+            f"MNIST not found in {raw_dir(data_dir)} and the download failed ({type(err).__name__}); "
+            f"{_fix_hint(Path(data_dir))}"
+        ) from err
+
+
+def ensure_mnist(data_dir: str | Path, download_if_missing: bool = True) -> None:
+    """Make sure verified MNIST files are in ``data_dir``, downloading them if allowed and needed."""
+    folder = raw_dir(data_dir)
+    if download_if_missing and not all((folder / name).is_file() for name in RAW_FILES):
+        download(data_dir)
+    verify_raw_files(data_dir)
+
+
+def read_idx(path: Path) -> Tensor:
+    """Read one idx file (as in torchvision's MNIST layout) into a uint8 tensor."""
+    data = path.read_bytes()
+    ndim = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).reshape(shape)
+
+
+def load_split(data_dir: str | Path, train: bool) -> tuple[Tensor, Tensor]:
+    """The official training (60,000) or test (10,000) images as uint8 ``(N, 28, 28)`` and labels as int64."""
+    prefix = "train" if train else "t10k"
+    folder = raw_dir(data_dir)
+    images = read_idx(folder / f"{prefix}-images-idx3-ubyte")
+    labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte").long()
+    return images, labels
+
+
+def split_indices(num_samples: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded, disjoint (train, validation) index sets; ``val_size`` is a count or a fraction in (0, 1)."""
+    num_val = resolve_val_size(num_samples, val_size)
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+    return order[num_val:], order[:num_val]
+
+
+def resolve_val_size(num_samples: int, val_size: int | float) -> int:
+    """Turn a count or a fraction into a validation count, refusing sizes that leave no training data."""
+    if isinstance(val_size, float) and not val_size.is_integer():
+        if not 0 < val_size < 1:
+            raise ValueError(f"val_size={val_size} must be a fraction between 0 and 1 or a count; try 0.1 or 5000")
+        return round(num_samples * val_size)
+    count = int(val_size)
+    if not 0 < count < num_samples:
+        raise ValueError(
+            f"val_size={val_size} must be at least 1 and less than the {num_samples:,} training images; try 5000 or 0.1"
+        )
+    return count
+
+
+class ShardedBatchOrder:
+    """Batches of indices for one process and one epoch: seeded by (seed, epoch), split across ranks.
+
+    Every global batch of ``batch_size * world_size`` indices is dealt round-robin to the ranks, so all ranks
+    get the same number of batches and together see every index exactly once per epoch.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        global_batch = self.batch_size * self.world_size
+        full, rest = divmod(self.num_samples, global_batch)
+        # a last global batch too small to give every rank one sample is merged into the one before it
+        return full + (1 if rest >= self.world_size or full == 0 else 0)
+
+    def batches(self) -> list[Tensor]:
+        """The index tensors of this rank's batches for the current epoch."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=generator)
+        else:
+            order = torch.arange(self.num_samples)
+        global_batch = self.batch_size * self.world_size
+        bounds = [min(i * global_batch, self.num_samples) for i in range(len(self))] + [self.num_samples]
+        return [order[lo:hi][self.rank :: self.world_size] for lo, hi in itertools.pairwise(bounds)]
+
+
+class TensorBatchLoader:
+    """Iterates (uint8 images ``(B, 1, 28, 28)``, labels) batches by index slicing one tensor: no per-image Python.
+
+    Lightning finds ``sampler.set_epoch`` on it and reseeds the shuffle every epoch.
+    """
+
+    batch_sampler = None  # Lightning looks for it; the batches come from ``sampler``
+
+    def __init__(self, images: Tensor, labels: Tensor, sampler: ShardedBatchOrder) -> None:
+        self.images = images
+        self.labels = labels
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for index in self.sampler.batches():
+            index = index.to(self.images.device)
+            yield self.images[index].unsqueeze(1), self.labels[index]
+
+
+def random_affine(
+    images: Tensor,
+    degrees: float,
+    translate: float,
+    scale: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """A random rotation, shift and scale for every image of a ``(B, C, H, W)`` float batch, on its device."""
+    batch = images.shape[0]
+    opts = {"device": images.device, "dtype": images.dtype}
+    angle = (torch.rand(batch, **opts, generator=generator) * 2 - 1) * math.radians(degrees)
+    factor = torch.empty(batch, **opts).uniform_(scale[0], scale[1], generator=generator)
+    shift = (torch.rand(batch, 2, **opts, generator=generator) * 2 - 1) * (2 * translate)
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST with a seeded train/validation split of the 60,000 training images and the official 10,000 test images.
+
+    The images are decoded once into uint8 tensors; batches are index slices, moved to the device as uint8 and
+    scaled, normalized and (training only, if ``augment``) randomly transformed there.
+
+    Args:
+        data_dir: folder with ``MNIST/raw/*-ubyte``; defaults to ``$MNIST_LIGHTNING_DATA_DIR`` or ``./data``.
+        batch_size: images per batch, per process.
+        eval_batch_size: images per batch for validation, test and predict (defaults to ``batch_size``).
+        val_size: validation images taken from the training set, as a count or a fraction.
+        split_seed: seed of the train/validation split.
+        shuffle_seed: seed of the per-epoch shuffle of the training batches.
+        download: download MNIST through torchvision when it is missing.
+        augment: random affine transform of training batches (never validation, test or predict).
+        rotation: largest rotation in degrees for ``augment``.
+        translate: largest shift as a fraction of the image size for ``augment``.
+        scale: range of the zoom factor for ``augment``.
+        predict_split: which images ``predict`` runs on.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        val_size: int | float = 5000,
+        split_seed: int = 42,
+        shuffle_seed: int = 0,
+        download: bool = True,
+        augment: bool = False,
+        rotation: float = 10.0,
+        translate: float = 0.1,
+        scale: tuple[float, float] = (0.9, 1.1),
+        predict_split: Literal["train", "val", "test"] = "test",
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}; try 64")
+        resolve_val_size(NUM_TRAIN, val_size)
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.shuffle_seed = shuffle_seed
+        self.download = download
+        self.augment = augment
+        self.rotation = rotation
+        self.translate = translate
+        self.scale = scale
+        self.predict_split = predict_split
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def prepare_data(self) -> None:
+        ensure_mnist(self.data_dir, download_if_missing=self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        verify_raw_files(self.data_dir)
+        images, labels = load_split(self.data_dir, train=True)
+        train_idx, val_idx = split_indices(len(images), self.val_size, self.split_seed)
+        self.splits["train"] = (images[train_idx], labels[train_idx])
+        self.splits["val"] = (images[val_idx], labels[val_idx])
+        self.splits["test"] = load_split(self.data_dir, train=False)
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        """Number of images in each split (after ``setup``)."""
+        return {name: len(labels) for name, (_, labels) in self.splits.items()}
+
+    def _loader(self, split: str, shuffle: bool) -> TensorBatchLoader:
+        images, labels = self.splits[split]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        order = ShardedBatchOrder(len(labels), batch_size, shuffle, self.shuffle_seed, rank, world)
+        return TensorBatchLoader(images, labels, order)
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.predict_split, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        images = images.float().div_(255)
+        if self.augment and self.trainer is not None and self.trainer.training:
+            images = random_affine(images, self.rotation, self.translate, self.scale)
+        return normalize(images), labels
+
+
+def normalize(images: Tensor) -> Tensor:
+    """Standardize images scaled to [0, 1] with the MNIST training mean and standard deviation."""
+    return (images - MEAN) / STD

@@ -1,0 +1,6 @@
+"""Every classifier, importable from ``mnist_lightning.models`` and selectable with ``--model ClassName``."""
+
+from mnist_lightning.models.base import MNISTClassifier
+from mnist_lightning.models.mlp import MLP, MLPClassifier
+
+__all__ = ["MLP", "MLPClassifier", "MNISTClassifier"]

@@ -1,0 +1,59 @@
+"""Shared fixtures: the real MNIST copy, wandb offline in a temporary folder, a fresh working directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_lightning.data import DATA_DIR_ENV, RAW_FILES, raw_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def _find_mnist() -> Path:
+    candidates = [os.environ.get(DATA_DIR_ENV), REPO.parent / "shared" / "mnist", REPO / "data"]
+    for candidate in filter(None, candidates):
+        if all((raw_dir(candidate) / name).is_file() for name in RAW_FILES):
+            return Path(candidate).resolve()
+    raise pytest.UsageError(
+        f"the tests need the real MNIST files: set {DATA_DIR_ENV} to a folder holding MNIST/raw/*-ubyte"
+    )
+
+
+MNIST_DIR = _find_mnist()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The folder that holds ``MNIST/raw`` (read-only: never write into it)."""
+    return MNIST_DIR
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test runs in its own folder with wandb offline and all of wandb's files kept there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(DATA_DIR_ENV, str(MNIST_DIR))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        folder = tmp_path / ".wandb" / var.lower()
+        folder.mkdir(parents=True)
+        monkeypatch.setenv(var, str(folder))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("MNIST_LIGHTNING_DEBUG", raising=False)
+    return tmp_path
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``mnist-lightning`` console script in the current folder."""
+    exe = Path(sys.executable).with_name("mnist-lightning")
+    result = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    if check and result.returncode != 0:
+        raise AssertionError(f"mnist-lightning {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
