@@ -105,11 +105,11 @@ def test_truncated_file_is_named(mnist_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(mnist_dir / "MNIST", copy / "MNIST")
     bad = raw_dir(copy) / "t10k-labels-idx1-ubyte"
     bad.write_bytes(bad.read_bytes()[:5000])
-    with pytest.raises(MNISTDataError, match="t10k-labels-idx1-ubyte.*truncated"):
+    with pytest.raises(MNISTDataError, match=r"t10k-labels-idx1-ubyte.*truncated"):
         MNISTDataModule(data_dir=str(copy), download=False).prepare_data()
 
 
 @pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"val_size": 60_000}, {"val_size": 1.5}])
 def test_bad_settings_are_refused(kwargs: dict) -> None:
-    with pytest.raises(ValueError, match="batch_size|val_size"):
+    with pytest.raises(ValueError, match=r"batch_size|val_size"):
         MNISTDataModule(**kwargs)
