@@ -15,8 +15,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import mnist_lightning.models  # noqa: F401  (registers every classifier so --model Name resolves)
 from mnist_lightning.callbacks import PredictionWriter
 from mnist_lightning.data import MNISTDataError, MNISTDataModule
+from mnist_lightning.media import MediaLogger
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.tracking import SaveConfigToRun
+from mnist_lightning.tracking import SaveConfigToRun, resume_run
 
 DEBUG_ENV = "MNIST_LIGHTNING_DEBUG"
 
@@ -111,8 +112,13 @@ class MNISTLightningCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(MediaLogger, "media")
         if self.checkpoint_defaults:
             parser.set_defaults(self.checkpoint_defaults)
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            resume_run(self.config.fit)
 
 
 def checkpoint_defaults(args: list[str]) -> dict[str, object]:

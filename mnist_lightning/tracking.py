@@ -1,19 +1,29 @@
-"""Weights & Biases: a logger that goes offline by itself, and the resolved CLI config on the run page."""
+"""Weights & Biases: a logger that goes offline by itself, the resolved CLI config on the run page, checkpoints as
+model artifacts (staged when offline), optional ``wandb.watch``, and resuming a run from its checkpoint."""
 
 from __future__ import annotations
 
 import netrc
 import os
+import re
 import sys
+from argparse import Namespace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import lightning as L
+import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+# keys that SaveConfigToRun adds to every checkpoint: the W&B run it belongs to, and the metrics when it was saved
+RUN_ID_KEY = "wandb_run_id"
+METRICS_KEY = "metrics"
 
 
 def wandb_logged_in() -> bool:
@@ -31,9 +41,31 @@ class AutoWandbLogger(WandbLogger):
     """Lightning's WandbLogger, online when logged in to W&B and offline otherwise (``offline: null``).
 
     ``WANDB_MODE`` still wins when set. At the end it prints one line saying where the run is.
+
+    Args:
+        offline: ``null`` picks online/offline by itself; ``true`` or ``false`` forces it.
+        tags: W&B tags of the run (filter and group runs by them in the W&B UI).
+        group: W&B group of the run (e.g. one group per architecture or per sweep).
+        notes: a free-text description shown on the run page.
+        log_model: stage the best and the last checkpoint as ``model`` artifacts at the end of ``fit``, with their
+            epoch, step and metrics as metadata; offline runs keep them until ``wandb sync``.
+        watch: ``gradients``, ``parameters`` or ``all`` turns on ``wandb.watch`` histograms; ``null`` leaves it off.
+        watch_log_freq: log the watched histograms every this many training steps.
+        **kwargs: anything else Lightning's ``WandbLogger`` (and ``wandb.init``) accepts, e.g. ``project``, ``name``.
     """
 
-    def __init__(self, *, offline: bool | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        offline: bool | None = None,
+        tags: list[str] | None = None,
+        group: str | None = None,
+        notes: str | None = None,
+        log_model: bool = True,
+        watch: Literal["gradients", "parameters", "all"] | None = None,
+        watch_log_freq: int = 100,
+        **kwargs: Any,
+    ) -> None:
         if offline is None:
             mode = os.environ.get("WANDB_MODE")
             offline = mode in ("offline", "dryrun") if mode else not wandb_logged_in()
@@ -41,14 +73,42 @@ class AutoWandbLogger(WandbLogger):
         os.environ.setdefault("WANDB_SILENT", "true")
         kwargs.setdefault("save_dir", "runs")
         Path(kwargs["save_dir"]).mkdir(parents=True, exist_ok=True)
-        super().__init__(offline=offline, **kwargs)
+        init_extras = {key: value for key, value in (("tags", tags), ("group", group), ("notes", notes)) if value}
+        # Lightning refuses log_model when offline; the artifacts are logged here instead, in both modes
+        super().__init__(offline=offline, log_model=False, **init_extras, **kwargs)
         self.is_offline = offline
+        self.stage_checkpoints = log_model
+        self.watch_mode = watch
+        self.watch_log_freq = watch_log_freq
+        self.full_config_logged = False
+        self._model_checkpoints: dict[int, ModelCheckpoint] = {}
+        self._staged: dict[str, float] = {}
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        # SaveConfigToRun already put the whole resolved config on the run; Lightning's flattened copy of the
+        # model and data hyperparameters would only add a second, partial set of top-level keys
+        if not self.full_config_logged:
+            super().log_hyperparams(params)
+
+    @rank_zero_only
+    def log_graph(self, model: torch.nn.Module, input_array: Tensor | None = None) -> None:
+        # Lightning calls this once per run with the LightningModule: the place to start wandb.watch
+        if self.watch_mode:
+            self.watch(model, log=self.watch_mode, log_freq=self.watch_log_freq, log_graph=False)
+
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        if self.stage_checkpoints:
+            self._model_checkpoints[id(checkpoint_callback)] = checkpoint_callback
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
         if self._experiment is None:
             return
+        if status == "success":
+            for callback in self._model_checkpoints.values():
+                self._log_model_artifacts(callback)
         run = self._experiment
         if self.is_offline or getattr(run.settings, "_offline", False):
             print(
@@ -59,9 +119,46 @@ class AutoWandbLogger(WandbLogger):
         else:
             print(f"W&B: run at {run.url}", file=sys.stderr)
 
+    def _log_model_artifacts(self, callback: ModelCheckpoint) -> None:
+        """Log the best and the last checkpoint (each once per file version) as versions of ``model-<run id>``."""
+        import wandb
+
+        best, last = callback.best_model_path, callback.last_model_path
+        for path, aliases in ((best, ["best"]), (last, ["last", "latest"])):
+            if not path or not Path(path).is_file():
+                continue
+            if path == best == last:
+                aliases = ["best", "last", "latest"]
+            modified = Path(path).stat().st_mtime
+            if self._staged.get(path) == modified:
+                continue
+            metadata = checkpoint_metadata(path)
+            metadata["monitor"] = callback.monitor
+            artifact = wandb.Artifact(name=f"model-{self.experiment.id}", type="model", metadata=metadata)
+            artifact.add_file(path, name=Path(path).name)
+            # offline this only stages the files under the run folder; `wandb sync` uploads them. Never wait here.
+            self.experiment.log_artifact(artifact, aliases=aliases)
+            self._staged[path] = modified
+
+
+def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """Epoch, step and metrics recorded in a checkpoint, as plain numbers for artifact metadata."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    metadata: dict[str, Any] = {"file": Path(path).name}
+    for key in ("epoch", "global_step"):
+        if key in checkpoint:
+            metadata[key] = int(checkpoint[key])
+    metadata.update({name: float(value) for name, value in (checkpoint.get(METRICS_KEY) or {}).items()})
+    return metadata
+
 
 class SaveConfigToRun(SaveConfigCallback):
-    """Writes the resolved config next to the checkpoints and puts it, whole, in the W&B run config."""
+    """Writes the resolved config next to the checkpoints and puts it, whole, in the W&B run config.
+
+    The W&B config also gets ``num_parameters`` (the model's trainable parameters) and ``split_sizes`` (images in
+    each data split). Every checkpoint records the W&B run id (so ``fit --ckpt_path`` resumes that run) and the
+    metrics at the time it was saved (the model artifacts' metadata).
+    """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.already_saved or trainer.fast_dev_run:
@@ -71,10 +168,30 @@ class SaveConfigToRun(SaveConfigCallback):
             run_dir.mkdir(parents=True, exist_ok=True)
             self.parser.save(self.config, run_dir / self.config_filename, skip_none=False, overwrite=True)
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            config["num_parameters"] = count_parameters(pl_module)
+            sizes = getattr(trainer.datamodule, "split_sizes", None)
+            if sizes:
+                config["split_sizes"] = dict(sizes)
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.experiment.config.update(config, allow_val_change=True)
+                    if isinstance(logger, AutoWandbLogger):
+                        logger.full_config_logged = True
         self.already_saved = True
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger.version:
+                checkpoint[RUN_ID_KEY] = str(logger.version)
+        checkpoint[METRICS_KEY] = {
+            name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1
+        }
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Trainable parameters of a classifier (``num_parameters`` when it has one)."""
+    count = getattr(model, "num_parameters", None)
+    return int(count) if count is not None else sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def run_directory(trainer: L.Trainer) -> str:
@@ -83,3 +200,71 @@ def run_directory(trainer: L.Trainer) -> str:
     if logger is not None and logger.save_dir is not None and logger.name is not None:
         return os.path.join(logger.save_dir, str(logger.name), str(logger.version))
     return trainer.log_dir or trainer.default_root_dir
+
+
+def resume_run(config: Namespace) -> None:
+    """Make ``fit --ckpt_path`` continue the W&B run that wrote the checkpoint (edits the parsed ``fit`` config).
+
+    ``last`` means the newest ``last.ckpt`` of any earlier run under ``<save_dir>/<project>/`` (Lightning itself
+    would look in the folder of the new run, which is empty); without one, training starts afresh. The run id
+    comes from the checkpoint (or, for older files, from its ``<run id>/checkpoints/`` folder) and is given to the
+    W&B logger, so the same run goes on, and Lightning restores the epoch and step count from the file.
+    """
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path:
+        return
+    logger = config.get("trainer.logger")
+    loggers = logger if isinstance(logger, list) else [logger]
+    wandb_config = next((lg for lg in loggers if is_wandb_logger_config(lg)), None)
+    if ckpt_path == "last":
+        search_root = Path(config.get("trainer.default_root_dir") or ".")
+        if config.get("checkpoint.dirpath"):
+            search_root = Path(config.get("checkpoint.dirpath"))
+        elif wandb_config is not None:
+            init_args = wandb_config.get("init_args") or Namespace()
+            save_dir = init_args.get("save_dir") or init_args.get("dir") or "runs"
+            search_root = Path(save_dir) / str(init_args.get("project") or "lightning_logs")
+        found = newest_last_checkpoint(search_root)
+        if found is None:
+            print(f"No last.ckpt under {search_root}: starting a new run", file=sys.stderr)
+            config["ckpt_path"] = None
+            return
+        config["ckpt_path"] = ckpt_path = str(found)
+        print(f"Resuming from {found}", file=sys.stderr)
+    if wandb_config is None or wandb_config.get("init_args.id") or wandb_config.get("init_args.version"):
+        return
+    run_id = checkpoint_run_id(ckpt_path)
+    if run_id:
+        wandb_config["init_args.id"] = run_id
+
+
+def is_wandb_logger_config(logger: Any) -> bool:
+    """True for a parsed ``class_path``/``init_args`` logger entry whose class is a WandbLogger."""
+    if not isinstance(logger, (Namespace, dict)) or not logger.get("class_path"):
+        return False
+    module, _, name = str(logger.get("class_path")).rpartition(".")
+    try:
+        cls = getattr(__import__(module, fromlist=[name]), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, WandbLogger)
+
+
+def newest_last_checkpoint(root: Path) -> Path | None:
+    """The most recently written ``last.ckpt`` anywhere under ``root``."""
+    found = [path for path in root.rglob("last.ckpt") if path.is_file()] if root.is_dir() else []
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+
+def checkpoint_run_id(path: str | Path) -> str | None:
+    """The W&B run id a checkpoint belongs to: recorded in it, else the ``<run id>/checkpoints/`` folder name."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        checkpoint = {}  # unreadable files get their one-line error from Lightning/the CLI, not here
+    run_id = checkpoint.get(RUN_ID_KEY) if isinstance(checkpoint, dict) else None
+    if run_id:
+        return str(run_id)
+    folder = path.parent.parent.name if path.parent.name == "checkpoints" else ""
+    return folder if re.fullmatch(r"[a-z0-9]{8}", folder) else None

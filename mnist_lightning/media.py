@@ -1,0 +1,330 @@
+"""Figures of the data and of what the model does, logged to W&B by a callback and written as PNG files.
+
+The PNG files go to ``<run dir>/media/`` (next to ``checkpoints/``), so people who do not use W&B see them too.
+Figures are drawn with matplotlib's object API on the Agg canvas: no pyplot, no GUI, no global backend change.
+
+ViT-style models opt in to attention plots with one method::
+
+    def attention_maps(self, images: Tensor) -> Tensor:  # (blocks, batch, heads, tokens, tokens)
+
+(a list of per-block ``(batch, heads, tokens, tokens)`` tensors works too); the last block is plotted.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from mnist_lightning.tracking import run_directory
+
+NUM_CLASSES = 10
+
+
+def digit_grid(
+    images: Tensor, titles: Sequence[str], colors: Sequence[str] | None = None, ncols: int = 8, title: str = ""
+) -> Figure:
+    """A grid of ``(N, 1, H, W)`` or ``(N, H, W)`` images, each titled (and optionally colored)."""
+    images = images.detach().float().cpu().reshape(len(images), *images.shape[-2:])
+    ncols = max(1, min(ncols, len(images)))
+    nrows = max(1, -(-len(images) // ncols))
+    fig = Figure(figsize=(1.4 * ncols, 1.6 * nrows + (0.4 if title else 0)), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < len(images):
+            ax.imshow(images[i].numpy(), cmap="gray")
+            ax.set_title(titles[i], fontsize=9, color=colors[i] if colors else "black")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def confusion_matrix(predicted: Tensor, true: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
+    """Counts ``(true, predicted)`` as a ``(num_classes, num_classes)`` int64 matrix."""
+    flat = true.long() * num_classes + predicted.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def confusion_matrix_figure(matrix: Tensor, title: str = "") -> Figure:
+    """The confusion matrix with its counts written in the cells (rows: true digit, columns: predicted)."""
+    matrix = matrix.cpu()
+    fig = Figure(figsize=(6, 5.4), layout="constrained")
+    ax = fig.subplots()
+    shown = ax.imshow(matrix.numpy(), cmap="Blues")
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+    n = matrix.shape[0]
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+    threshold = matrix.max().item() / 2
+    for t in range(n):
+        for p in range(n):
+            count = matrix[t, p].item()
+            if count:
+                color = "white" if count > threshold else "black"
+                ax.text(p, t, str(count), ha="center", va="center", fontsize=7, color=color)
+    return fig
+
+
+def attention_figure(images: Tensor, attention: Tensor, title: str = "") -> Figure:
+    """One row per image: the image, then the ``tokens × tokens`` attention of every head ``(batch, heads, T, T)``."""
+    images = images.detach().float().cpu().reshape(len(images), *images.shape[-2:])
+    attention = attention.detach().float().cpu()
+    batch, heads = attention.shape[:2]
+    fig = Figure(figsize=(1.7 * (heads + 1), 1.9 * batch + 0.4), layout="constrained")
+    axes = fig.subplots(batch, heads + 1, squeeze=False)
+    for b in range(batch):
+        axes[b, 0].imshow(images[b].numpy(), cmap="gray")
+        axes[b, 0].set_title("input", fontsize=9)
+        for h in range(heads):
+            axes[b, h + 1].imshow(attention[b, h].numpy(), cmap="viridis")
+            axes[b, h + 1].set_title(f"head {h}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def learning_curves_figure(curves: dict[str, list[tuple[int, float]]]) -> Figure:
+    """Train and validation loss, and validation accuracy, against the training step."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for key, label in (("train/loss", "train"), ("val/loss", "validation")):
+        if curves.get(key):
+            steps, values = zip(*curves[key])
+            loss_ax.plot(steps, values, marker="o", label=label)
+    loss_ax.set(xlabel="training step", ylabel="cross-entropy loss", title="loss")
+    loss_ax.legend()
+    if curves.get("val/acc"):
+        steps, values = zip(*curves["val/acc"])
+        acc_ax.plot(steps, values, marker="o", color="tab:green")
+    acc_ax.set(xlabel="training step", ylabel="accuracy", title="validation accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write the figure as PNG through a temporary file, so a PNG is either complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=80)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class MediaLogger(Callback):
+    """Logs figures to W&B (images and a table) and writes them as PNG under ``<run dir>/media/``.
+
+    - fit start: ``train_samples.png``, a grid of training digits titled with their labels;
+    - every ``every_n_epochs`` validation epochs, on the first ``num_val_images`` validation images (one extra
+      forward pass over them): ``confusion_matrix``, ``val_predictions`` (titled "predicted (true)"),
+      ``val_worst`` (the most confident mistakes with their probabilities, also a W&B table) and, for models with
+      ``attention_maps(images)``, ``attention`` (every head of the last block for a few images), each as
+      ``<name>-epochNNN.png``;
+    - fit end: ``learning_curves.png``, train and validation loss and validation accuracy.
+
+    Args:
+        enabled: ``false`` switches all of it off.
+        every_n_epochs: draw the validation figures every this many epochs.
+        num_samples: training digits in the fit-start grid.
+        num_val_images: validation images the validation figures are computed on.
+        num_shown: images in the "predicted (true)" grid.
+        num_worst: misclassified images shown.
+        num_attention_images: images whose attention maps are drawn.
+    """
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        every_n_epochs: int = 1,
+        num_samples: int = 32,
+        num_val_images: int = 512,
+        num_shown: int = 16,
+        num_worst: int = 16,
+        num_attention_images: int = 2,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"media every_n_epochs must be at least 1, got {every_n_epochs}; use enabled: false")
+        self.enabled = enabled
+        self.every_n_epochs = every_n_epochs
+        self.num_samples = num_samples
+        self.num_val_images = num_val_images
+        self.num_shown = num_shown
+        self.num_worst = num_worst
+        self.num_attention_images = num_attention_images
+        self.curves: dict[str, list[tuple[int, float]]] = {"train/loss": [], "val/loss": [], "val/acc": []}
+        self.written: list[Path] = []
+        self._reset_batch_buffers()
+
+    def _reset_batch_buffers(self) -> None:
+        self._images: list[Tensor] = []
+        self._labels: list[Tensor] = []
+        self._probs: list[Tensor] = []
+        self._attention: tuple[Tensor, Tensor] | None = None
+
+    # --- where figures go -------------------------------------------------------------------------------------
+    def _emit(self, trainer: L.Trainer, key: str, fig: Figure, filename: str, caption: str = "") -> None:
+        path = save_png(fig, Path(run_directory(trainer)) / "media" / filename)
+        self.written.append(path)
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb_loggers:
+            import wandb
+
+            for logger in wandb_loggers:
+                image = wandb.Image(str(path), caption=caption or None)
+                logger.experiment.log({key: image, "trainer/global_step": trainer.global_step})
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        return (
+            self.enabled
+            and trainer.is_global_zero
+            and not trainer.sanity_checking
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
+
+    # --- fit start: the data ----------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not (self.enabled and trainer.is_global_zero and self.num_samples > 0) or trainer.datamodule is None:
+            return
+        images, labels = first_images(trainer.datamodule.train_dataloader(), self.num_samples)
+        if len(labels):
+            fig = digit_grid(images, [str(int(label)) for label in labels], title="training digits (label)")
+            self._emit(trainer, "media/train_samples", fig, "train_samples.png", "training digits with their labels")
+
+    # --- validation: what the model does ----------------------------------------------------------------------
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        collected = sum(len(labels) for labels in self._labels)
+        if not self._due(trainer) or dataloader_idx != 0 or collected >= self.num_val_images:
+            return
+        images, labels = batch[0], batch[1]
+        take = min(len(labels), self.num_val_images - collected)
+        images, labels = images[:take], labels[:take]
+        self._images.append(images.detach().float().cpu())
+        self._labels.append(labels.detach().cpu())
+        self._probs.append(pl_module(images).detach().float().softmax(dim=1).cpu())
+        attention_maps = getattr(pl_module, "attention_maps", None)
+        if callable(attention_maps) and self._attention is None and self.num_attention_images > 0:
+            shown = images[: self.num_attention_images]
+            maps = attention_maps(shown)
+            self._attention = (shown.detach().cpu(), maps[-1].detach().cpu())  # the last block
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._labels:
+            return
+        try:
+            if self._due(trainer):
+                self._validation_figures(trainer)
+        finally:
+            self._reset_batch_buffers()
+
+    def _validation_figures(self, trainer: L.Trainer) -> None:
+        images, labels, probs = torch.cat(self._images), torch.cat(self._labels), torch.cat(self._probs)
+        predicted = probs.argmax(dim=1)
+        epoch = trainer.current_epoch
+        tag = f"epoch{epoch:03d}"
+        accuracy = (predicted == labels).float().mean().item()
+
+        matrix = confusion_matrix(predicted, labels, probs.shape[1])
+        title = f"epoch {epoch}: {len(labels)} validation images, accuracy {accuracy:.2%}"
+        self._emit(
+            trainer, "media/confusion_matrix", confusion_matrix_figure(matrix, title), f"confusion_matrix-{tag}.png"
+        )
+
+        n = min(self.num_shown, len(labels))
+        titles = [f"{p} ({t})" for p, t in zip(predicted[:n].tolist(), labels[:n].tolist())]
+        colors = ["black" if p == t else "red" for p, t in zip(predicted[:n].tolist(), labels[:n].tolist())]
+        fig = digit_grid(images[:n], titles, colors, title=f"epoch {epoch}: predicted (true)")
+        self._emit(trainer, "media/val_predictions", fig, f"val_predictions-{tag}.png", "predicted (true)")
+
+        wrong = (predicted != labels).nonzero().flatten()
+        if len(wrong):
+            confidence = probs[wrong, predicted[wrong]]
+            worst = wrong[confidence.argsort(descending=True)[: self.num_worst]]
+            rows = [
+                (int(i), int(predicted[i]), int(labels[i]), probs[i, predicted[i]].item(), probs[i, labels[i]].item())
+                for i in worst.tolist()
+            ]
+            titles = [f"{p} ({t})\np={pp:.2f}, p(true)={pt:.2f}" for _, p, t, pp, pt in rows]
+            fig = digit_grid(images[worst], titles, ["red"] * len(rows), title=f"epoch {epoch}: worst mistakes")
+            self._emit(trainer, "media/val_worst", fig, f"val_worst-{tag}.png", "most confident mistakes")
+            self._log_worst_table(trainer, images, rows)
+
+        if self._attention is not None:
+            shown, attention = self._attention
+            title = f"epoch {epoch}: attention of every head in the last block"
+            self._emit(trainer, "media/attention", attention_figure(shown, attention, title), f"attention-{tag}.png")
+
+    def _log_worst_table(self, trainer: L.Trainer, images: Tensor, rows: list[tuple[int, int, int, float, float]]):
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not wandb_loggers:
+            return
+        import wandb
+
+        columns = ["image", "predicted", "true", "p(predicted)", "p(true)"]
+        data = [[wandb.Image(images[i].squeeze(0).numpy()), p, t, pp, pt] for i, p, t, pp, pt in rows]
+        for logger in wandb_loggers:
+            table = wandb.Table(columns=columns, data=data)
+            logger.experiment.log({"media/val_worst_table": table, "trainer/global_step": trainer.global_step})
+
+    # --- learning curves --------------------------------------------------------------------------------------
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        for key in ("val/loss", "val/acc"):
+            if key in trainer.callback_metrics:
+                self.curves[key].append((trainer.global_step, float(trainer.callback_metrics[key])))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if "train/loss" in trainer.callback_metrics:
+            self.curves["train/loss"].append((trainer.global_step, float(trainer.callback_metrics["train/loss"])))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled and trainer.is_global_zero and any(self.curves.values()):
+            fig = learning_curves_figure(self.curves)
+            self._emit(trainer, "media/learning_curves", fig, "learning_curves.png", "loss and validation accuracy")
+
+    def state_dict(self) -> dict[str, Any]:
+        # kept in checkpoints so that the curves of a resumed run start at its beginning
+        return {"curves": {key: [list(point) for point in points] for key, points in self.curves.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for key, points in state_dict.get("curves", {}).items():
+            self.curves[key] = [(int(step), float(value)) for step, value in points]
+
+
+def first_images(loader: Any, count: int) -> tuple[Tensor, Tensor]:
+    """The first ``count`` (images, labels) a dataloader yields."""
+    images, labels, seen = [], [], 0
+    for batch in loader:
+        images.append(batch[0][: count - seen])
+        labels.append(batch[1][: count - seen])
+        seen += len(labels[-1])
+        if seen >= count:
+            break
+    if not labels:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(images), torch.cat(labels)
