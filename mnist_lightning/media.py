@@ -33,19 +33,37 @@ NUM_CLASSES = 10
 def digit_grid(
     images: Tensor, titles: Sequence[str], colors: Sequence[str] | None = None, ncols: int = 8, title: str = ""
 ) -> Figure:
-    """A grid of ``(N, 1, H, W)`` or ``(N, H, W)`` images, each titled (and optionally colored)."""
+    """A grid of ``(N, 1, H, W)`` or ``(N, H, W)`` images, each titled (and optionally colored).
+
+    The images are tiled into one picture on a single axes (far cheaper to draw than one axes per image).
+    """
     images = images.detach().float().cpu().reshape(len(images), *images.shape[-2:])
-    ncols = max(1, min(ncols, len(images)))
-    nrows = max(1, -(-len(images) // ncols))
-    fig = Figure(figsize=(1.4 * ncols, 1.6 * nrows + (0.4 if title else 0)), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < len(images):
-            ax.imshow(images[i].numpy(), cmap="gray")
-            ax.set_title(titles[i], fontsize=9, color=colors[i] if colors else "black")
+    count, height, width = images.shape
+    ncols = max(1, min(ncols, count))
+    nrows = max(1, -(-count // ncols))
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    pad, title_space = 2, 4 * lines + 2  # in image pixels
+    cell_h, cell_w = height + title_space + pad, width + pad
+    canvas = torch.full((nrows * cell_h, ncols * cell_w), float("nan"))
+    for i, image in enumerate(images):
+        low, high = image.min(), image.max()
+        scaled = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+        row, col = divmod(i, ncols)
+        top, left = row * cell_h + title_space, col * cell_w
+        canvas[top : top + height, left : left + width] = scaled
+    scale = 0.05  # inches per image pixel
+    fig = Figure(figsize=(canvas.shape[1] * scale, canvas.shape[0] * scale + (0.35 if title else 0.05)))
+    ax = fig.add_axes((0, 0, 1, canvas.shape[0] * scale / fig.get_figheight()))
+    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_facecolor("white")
+    ax.set_axis_off()
+    for i, text in enumerate(titles[:count]):
+        row, col = divmod(i, ncols)
+        color = colors[i] if colors else "black"
+        x, y = col * cell_w + width / 2, row * cell_h + title_space - 1
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=7 if lines > 1 else 8, color=color)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1 - 0.02 / fig.get_figheight(), va="top", fontsize=10)
     return fig
 
 
@@ -58,7 +76,8 @@ def confusion_matrix(predicted: Tensor, true: Tensor, num_classes: int = NUM_CLA
 def confusion_matrix_figure(matrix: Tensor, title: str = "") -> Figure:
     """The confusion matrix with its counts written in the cells (rows: true digit, columns: predicted)."""
     matrix = matrix.cpu()
-    fig = Figure(figsize=(6, 5.4), layout="constrained")
+    fig = Figure(figsize=(6, 5.4))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.93)
     ax = fig.subplots()
     shown = ax.imshow(matrix.numpy(), cmap="Blues")
     fig.colorbar(shown, ax=ax, shrink=0.8)
@@ -79,8 +98,9 @@ def attention_figure(images: Tensor, attention: Tensor, title: str = "") -> Figu
     images = images.detach().float().cpu().reshape(len(images), *images.shape[-2:])
     attention = attention.detach().float().cpu()
     batch, heads = attention.shape[:2]
-    fig = Figure(figsize=(1.7 * (heads + 1), 1.9 * batch + 0.4), layout="constrained")
+    fig = Figure(figsize=(1.5 * (heads + 1), 1.7 * batch + 0.5))
     axes = fig.subplots(batch, heads + 1, squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / fig.get_figheight(), wspace=0.1)
     for b in range(batch):
         axes[b, 0].imshow(images[b].numpy(), cmap="gray")
         axes[b, 0].set_title("input", fontsize=9)
@@ -96,8 +116,9 @@ def attention_figure(images: Tensor, attention: Tensor, title: str = "") -> Figu
 
 def learning_curves_figure(curves: dict[str, list[tuple[int, float]]]) -> Figure:
     """Train and validation loss, and validation accuracy, against the training step."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4))
     loss_ax, acc_ax = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.92, wspace=0.25)
     for key, label in (("train/loss", "train"), ("val/loss", "validation")):
         if curves.get(key):
             steps, values = zip(*curves[key])
@@ -202,6 +223,8 @@ class MediaLogger(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (self.enabled and trainer.is_global_zero and self.num_samples > 0) or trainer.datamodule is None:
             return
+        if trainer.ckpt_path:
+            return  # a resumed run already has its grid of training digits
         images, labels = first_images(trainer.datamodule.train_dataloader(), self.num_samples)
         if len(labels):
             fig = digit_grid(images, [str(int(label)) for label in labels], title="training digits (label)")

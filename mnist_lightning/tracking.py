@@ -76,6 +76,8 @@ class AutoWandbLogger(WandbLogger):
         init_extras = {key: value for key, value in (("tags", tags), ("group", group), ("notes", notes)) if value}
         # Lightning refuses log_model when offline; the artifacts are logged here instead, in both modes
         super().__init__(offline=offline, log_model=False, **init_extras, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)  # wandb warns about the setting even when it is None
         self.is_offline = offline
         self.stage_checkpoints = log_model
         self.watch_mode = watch

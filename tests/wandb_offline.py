@@ -52,6 +52,8 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
     artifacts: list[pb.ArtifactRecord] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    group: str = ""
 
     def metric(self, key: str) -> list[Any]:
         """Every logged value of ``key``, in step order."""
@@ -69,6 +71,7 @@ def read_run(run_dir: str | Path) -> OfflineRun:
     for record in read_records(log):
         kind = record.WhichOneof("record_type")
         if kind == "run":
+            run.tags, run.group = list(record.run.tags), record.run.run_group
             for item in record.run.config.update:
                 run.config[_key(item)] = json.loads(item.value_json)
         elif kind == "config":
