@@ -13,7 +13,6 @@ ViT-style models opt in to attention plots with one method::
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,13 +136,13 @@ def learning_curves_figure(curves: dict[str, list[tuple[int, float]]]) -> Figure
 def save_png(fig: Figure, path: Path) -> Path:
     """Write the figure as PNG through a temporary file, so a PNG is either complete or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open() keeps the umask's permissions, mkstemp not
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:
             fig.savefig(handle, format="png", dpi=80)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -308,7 +307,7 @@ class MediaLogger(Callback):
         import wandb
 
         columns = ["image", "predicted", "true", "p(predicted)", "p(true)"]
-        data = [[wandb.Image(images[i].squeeze(0).numpy()), p, t, pp, pt] for i, p, t, pp, pt in rows]
+        data = [[wandb.Image(to_uint8(images[i])), p, t, pp, pt] for i, p, t, pp, pt in rows]
         for logger in wandb_loggers:
             table = wandb.Table(columns=columns, data=data)
             logger.experiment.log({"media/val_worst_table": table, "trainer/global_step": trainer.global_step})
@@ -337,6 +336,14 @@ class MediaLogger(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for key, points in state_dict.get("curves", {}).items():
             self.curves[key] = [(int(step), float(value)) for step, value in points]
+
+
+def to_uint8(image: Tensor) -> Any:
+    """A ``(1, H, W)`` or ``(H, W)`` image of any range as a uint8 ``(H, W)`` array spanning 0..255."""
+    image = image.detach().float().cpu().reshape(image.shape[-2:])
+    low, high = image.min(), image.max()
+    scaled = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+    return (scaled * 255).round().to(torch.uint8).numpy()
 
 
 def first_images(loader: Any, count: int) -> tuple[Tensor, Tensor]:

@@ -110,7 +110,10 @@ class AutoWandbLogger(WandbLogger):
             return
         if status == "success":
             for callback in self._model_checkpoints.values():
-                self._log_model_artifacts(callback)
+                try:
+                    self._log_model_artifacts(callback)
+                except Exception as err:  # the checkpoints are on disk either way: never fail the finished run
+                    print(f"W&B: checkpoints not logged as artifacts ({type(err).__name__}: {err})", file=sys.stderr)
         run = self._experiment
         if self.is_offline or getattr(run.settings, "_offline", False):
             print(
@@ -122,7 +125,8 @@ class AutoWandbLogger(WandbLogger):
             print(f"W&B: run at {run.url}", file=sys.stderr)
 
     def _log_model_artifacts(self, callback: ModelCheckpoint) -> None:
-        """Log the best and the last checkpoint (each once per file version) as versions of ``model-<run id>``."""
+        """Log the best and the last checkpoint (each once per file version) as versions of ``model-<run id>``
+        (or of ``checkpoint_name``)."""
         import wandb
 
         best, last = callback.best_model_path, callback.last_model_path
@@ -136,7 +140,8 @@ class AutoWandbLogger(WandbLogger):
                 continue
             metadata = checkpoint_metadata(path)
             metadata["monitor"] = callback.monitor
-            artifact = wandb.Artifact(name=f"model-{self.experiment.id}", type="model", metadata=metadata)
+            name = self._checkpoint_name or f"model-{self.experiment.id}"
+            artifact = wandb.Artifact(name=name, type="model", metadata=metadata)
             artifact.add_file(path, name=Path(path).name)
             # offline this only stages the files under the run folder; `wandb sync` uploads them. Never wait here.
             self.experiment.log_artifact(artifact, aliases=aliases)
