@@ -247,12 +247,16 @@ class MediaLogger(Callback):
         images, labels = images[:take], labels[:take]
         self._images.append(images.detach().float().cpu())
         self._labels.append(labels.detach().cpu())
-        self._probs.append(pl_module(images).detach().float().softmax(dim=1).cpu())
-        attention_maps = getattr(pl_module, "attention_maps", None)
-        if callable(attention_maps) and self._attention is None and self.num_attention_images > 0:
-            shown = images[: self.num_attention_images]
-            maps = attention_maps(shown)
-            self._attention = (shown.detach().cpu(), maps[-1].detach().cpu())  # the last block
+        # the same precision (autocast, half weights) the validation step itself runs under
+        precision = trainer.precision_plugin
+        with precision.val_step_context():
+            model_input = precision.convert_input(images)
+            self._probs.append(pl_module(model_input).detach().float().softmax(dim=1).cpu())
+            attention_maps = getattr(pl_module, "attention_maps", None)
+            if callable(attention_maps) and self._attention is None and self.num_attention_images > 0:
+                maps = attention_maps(model_input[: self.num_attention_images])
+                shown = images[: self.num_attention_images].detach().cpu()
+                self._attention = (shown, maps[-1].detach().float().cpu())  # the last block
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._labels:
