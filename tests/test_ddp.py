@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONFIGS, REPO, run_cli
+from lightning.pytorch.strategies import DDPStrategy
 from test_cli import metric
 from wandb_offline import read_run
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
+from mnist_lightning.cli import MNISTLightningCLI, main
 from mnist_lightning.data import normalize
 
 TWO_CPU_PROCESSES = ("--config", str(CONFIGS / "ddp.yaml"), "--trainer.devices", "2", "--trainer.accelerator", "cpu")
@@ -92,3 +94,26 @@ def test_ddp_fit_shards_the_epoch_and_evaluates_whole_splits(isolated: Path, mon
     single_test = run_cli("test", "--ckpt_path", str(last), "--trainer.logger", "false", timeout=TIMEOUT).stdout
     assert round(metric(ddp_test, "test/acc"), 4) == round(metric(single_test, "test/acc"), 4) > 0.9
     assert len(list((isolated / "runs" / "wandb").glob("*run-*"))) == 1
+
+
+def test_ddp_preset_combines_with_a_model_preset_for_several_machines() -> None:
+    presets = ["--config", str(CONFIGS / "mlp_128_64.yaml"), "--config", str(CONFIGS / "ddp.yaml")]
+    machines = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.num_nodes", "3"]
+    cli = MNISTLightningCLI(args=[*presets, *machines], run=False)
+    assert isinstance(cli.trainer.strategy, DDPStrategy)
+    assert cli.trainer.world_size == 6 and cli.trainer.num_nodes == 3
+    assert cli.model.hparams.hidden_sizes == [128, 64] and cli.datamodule.batch_size == 64
+
+
+def test_predict_with_several_processes_is_refused_in_one_line(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", "MLPClassifier", *TWO_CPU_PROCESSES])
+    assert exit_info.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert errors == [
+        "mnist-lightning: error: predict runs in one process but 2 were asked for; "
+        "run it with --trainer.devices 1 --trainer.num_nodes 1 and without the ddp preset"
+    ]
+    assert not list(isolated.rglob("*.csv"))
