@@ -28,6 +28,19 @@ def write_atomically(path: str | Path, text: str) -> None:
         raise
 
 
+class DistributedPredictError(ValueError):
+    """``predict`` was asked to run on several processes; it writes one CSV from one process."""
+
+
+def require_single_process(world_size: int) -> None:
+    """Refuse ``predict`` with several processes: each would only see its own shard of the images."""
+    if world_size > 1:
+        raise DistributedPredictError(
+            f"predict runs in one process but {world_size} were asked for; "
+            "run it with --trainer.devices 1 --trainer.num_nodes 1 and without the ddp preset"
+        )
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes ``predict`` results as CSV: index, predicted digit, and the ten class probabilities.
 
@@ -40,6 +53,10 @@ class PredictionWriter(BasePredictionWriter):
         self.output = output
         self.written: Path | None = None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "predict":
+            require_single_process(trainer.world_size)
+
     def write_on_epoch_end(
         self,
         trainer: L.Trainer,
@@ -47,8 +64,6 @@ class PredictionWriter(BasePredictionWriter):
         predictions: Sequence[Any],
         batch_indices: Sequence[Any] | None,
     ) -> None:
-        if trainer.world_size > 1:
-            raise RuntimeError("predict writes one file from one process; run it with --trainer.devices 1")
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         probs = torch.cat([b.float().cpu() for b in batches]) if batches else torch.empty(0, 10)
         header = "index,prediction," + ",".join(f"prob_{k}" for k in range(probs.shape[1]))

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import mnist_lightning.models  # noqa: F401  (registers every classifier so --model Name resolves)
-from mnist_lightning.callbacks import PredictionWriter
+from mnist_lightning.callbacks import PredictionWriter, require_single_process
 from mnist_lightning.data import MNISTDataError, MNISTDataModule
 from mnist_lightning.media import MediaLogger
 from mnist_lightning.models.base import MNISTClassifier
@@ -119,6 +119,27 @@ class MNISTLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
             resume_run(self.config.fit)
+
+    def before_fit(self) -> None:
+        self.prepare_data_before_launch()
+
+    def before_validate(self) -> None:
+        self.prepare_data_before_launch()
+
+    def before_test(self) -> None:
+        self.prepare_data_before_launch()
+
+    def before_predict(self) -> None:
+        require_single_process(self.trainer.world_size)
+
+    def prepare_data_before_launch(self) -> None:
+        """With several processes, fetch and check the data in rank 0 before Lightning starts the others.
+
+        A missing or damaged file is then one error line from one process, instead of an error in rank 0 and a
+        "connection closed by peer" crash in every other rank.
+        """
+        if self.trainer.world_size > 1 and self.trainer.is_global_zero:
+            self.datamodule.prepare_data()
 
 
 def checkpoint_defaults(args: list[str]) -> dict[str, object]:

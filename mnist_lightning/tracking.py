@@ -170,8 +170,9 @@ class SaveConfigToRun(SaveConfigCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.already_saved or trainer.fast_dev_run:
             return
+        # on every rank: without a logger the folder comes from trainer.log_dir, a broadcast all ranks must join
+        run_dir = Path(run_directory(trainer))
         if trainer.is_global_zero:
-            run_dir = Path(run_directory(trainer))
             run_dir.mkdir(parents=True, exist_ok=True)
             self.parser.save(self.config, run_dir / self.config_filename, skip_none=False, overwrite=True)
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,22 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the installed ``mnist-lightning`` console script in the current folder."""
     exe = Path(sys.executable).with_name("mnist-lightning")
-    result = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    # its own process group, so that a timeout also ends the processes it started (the other DDP ranks)
+    with subprocess.Popen(
+        [str(exe), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"mnist-lightning {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result
