@@ -2,5 +2,6 @@
 
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.models.mlp import MLP, MLPClassifier
+from mnist_lightning.models.speedrun import SpeedrunCNN, SpeedrunNet
 
-__all__ = ["MLP", "MLPClassifier", "MNISTClassifier"]
+__all__ = ["MLP", "MLPClassifier", "MNISTClassifier", "SpeedrunCNN", "SpeedrunNet"]
