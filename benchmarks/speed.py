@@ -103,14 +103,6 @@ class SpeedrunResult:
     test_acc: list[float] = field(default_factory=list)
     steps: int = 0
 
-    @property
-    def mean_acc(self) -> float:
-        return sum(self.test_acc) / len(self.test_acc)
-
-    @property
-    def mean_train_s(self) -> float:
-        return sum(self.train_s) / len(self.train_s)
-
 
 def build(args: list[str], workdir: Path) -> MNISTLightningCLI:
     """Model, data module and Trainer exactly as ``mnist-lightning fit`` would build them (logger off)."""
@@ -183,8 +175,9 @@ def bench_model(name: str, preset: str, fallback: list[str] | None, opts: argpar
     limits += ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=3"] if opts.tiny else []
     with tempfile.TemporaryDirectory() as workdir:
         L.seed_everything(0, verbose=False)
-        cli = build([*args, f"--trainer.max_epochs={opts.epochs}", "--trainer.num_sanity_val_steps=0", *limits],
-                    Path(workdir))
+        cli = build(
+            [*args, f"--trainer.max_epochs={opts.epochs}", "--trainer.num_sanity_val_steps=0", *limits], Path(workdir)
+        )
         model, dm, trainer = cli.model, cli.datamodule, cli.trainer
         plain_model = copy.deepcopy(model)
         timer, eval_timer = TrainTimer(), EvalTimer()
@@ -237,7 +230,11 @@ def bench_speedrun(opts: argparse.Namespace) -> SpeedrunResult:
     for seed in range(opts.seeds):
         with tempfile.TemporaryDirectory() as workdir:
             cli = build(
-                [f"--config={config_dir() / 'speedrun.yaml'}", f"--seed_everything={seed}", *(limits if opts.tiny else [])],
+                [
+                    f"--config={config_dir() / 'speedrun.yaml'}",
+                    f"--seed_everything={seed}",
+                    *(limits if opts.tiny else []),
+                ],
                 Path(workdir),
             )
             timers = [c for c in cli.trainer.callbacks if isinstance(c, TrainTimer)]
@@ -253,7 +250,9 @@ def bench_speedrun(opts: argparse.Namespace) -> SpeedrunResult:
         result.fit_call_s.append(fit_call)
         result.test_acc.append(float(metrics["test/acc"]))
         result.steps = cli.trainer.global_step
-        print(f"speedrun seed {seed}: {result.train_s[-1]:.2f} s training, test acc {result.test_acc[-1]:.4f}", flush=True)
+        print(
+            f"speedrun seed {seed}: {result.train_s[-1]:.2f} s training, test acc {result.test_acc[-1]:.4f}", flush=True
+        )
     return result
 
 
@@ -278,8 +277,15 @@ def environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
-        model_names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                       if ln.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
+        model_names = (
+            [
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ]
+            if Path("/proc/cpuinfo").is_file()
+            else []
+        )
         device = f"CPU: {model_names[0] if model_names else platform.processor()}, {os.cpu_count()} cores"
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -300,7 +306,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{env['torch_threads']} torch threads. Load average (1 min) {report['load_before']:.2f} before, "
         f"{report['load_after']:.2f} after.",
         "",
-        f"Command: `{report['command']}`" + (" (tiny mode: a few batches, not a measurement)" if report["tiny"] else ""),
+        f"Command: `{report['command']}`"
+        + (" (tiny mode: a few batches, not a measurement)" if report["tiny"] else ""),
         "",
         "`fit`: the Trainer the CLI builds from the preset (progress bar and checkpointing as configured, logger off),"
         " timing the training batches of the last epoch (validation excluded). `plain`: a hand-written loop over the"
@@ -323,13 +330,14 @@ def markdown(report: dict[str, Any]) -> str:
     sr = report["speedrun"]
     mean_acc = sum(sr["test_acc"]) / len(sr["test_acc"])
     mean_s = sum(sr["train_s"]) / len(sr["train_s"])
+    mean_fit_call = sum(sr["fit_call_s"]) / len(sr["fit_call_s"])
     per_seed = ", ".join(f"{s:.2f} s / {a:.2%}" for s, a in zip(sr["train_s"], sr["test_acc"]))
     loader = report["torchvision_loader"]
     mlp = next((r for r in report["models"] if r["name"] == "mlp_128_64" and not r["skipped"]), None)
     lines += [
         "",
         f"**Speedrun** (`configs/speedrun.yaml`, {sr['steps']} steps, {len(sr['seeds'])} seeds): "
-        f"mean training time {mean_s:.2f} s (set-up excluded; whole `fit` call {sum(sr['fit_call_s']) / len(sr['fit_call_s']):.2f} s), "
+        f"mean training time {mean_s:.2f} s (set-up excluded; whole `fit` call {mean_fit_call:.2f} s), "
         f"mean official test accuracy {mean_acc:.2%} ({'reaches' if mean_acc >= 0.99 else 'misses'} 99.0%). "
         f"Per seed (time / accuracy): {per_seed}.",
         "",

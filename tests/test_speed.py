@@ -38,8 +38,13 @@ def datamodule(mnist_dir: Path) -> MNISTDataModule:
 
 @pytest.mark.parametrize(
     ("on_device", "root", "expected"),
-    [("auto", "cuda", "cuda"), ("auto", "mps", "mps"), ("auto", "cpu", "cpu"), (True, "cuda", "cuda"),
-     (False, "cuda", "cpu")],
+    [
+        ("auto", "cuda", "cuda"),
+        ("auto", "mps", "mps"),
+        ("auto", "cpu", "cpu"),
+        (True, "cuda", "cuda"),
+        (False, "cuda", "cpu"),
+    ],
 )
 def test_data_follows_the_trainer_to_accelerators(datamodule: MNISTDataModule, on_device, root, expected) -> None:
     datamodule.on_device, datamodule.trainer = on_device, fake_trainer(root)
@@ -73,7 +78,9 @@ def test_training_batches_arrive_on_the_gpu_without_a_copy(mnist_dir: Path) -> N
             seen.append(batch[0].device.type)
 
     dm = MNISTDataModule(data_dir=str(mnist_dir), batch_size=256)
-    trainer = L.Trainer(accelerator="cuda", devices=1, logger=False, max_steps=3, limit_val_batches=1, callbacks=[Spy()])
+    trainer = L.Trainer(
+        accelerator="cuda", devices=1, logger=False, max_steps=3, limit_val_batches=1, callbacks=[Spy()]
+    )
     trainer.fit(MLPClassifier(), datamodule=dm)
     assert dm.resident_split("train")[0].device.type == "cuda" and seen == ["cuda"] * 3
 
@@ -138,7 +145,10 @@ def test_channels_last_reaches_weights_and_activations(datamodule: MNISTDataModu
     for conv in convs:
         conv.register_forward_hook(
             lambda mod, inp, out: formats.append(
-                (inp[0].is_contiguous(memory_format=torch.channels_last), out.is_contiguous(memory_format=torch.channels_last))
+                (
+                    inp[0].is_contiguous(memory_format=torch.channels_last),
+                    out.is_contiguous(memory_format=torch.channels_last),
+                )
             )
         )
     quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(model, datamodule=datamodule)
@@ -156,7 +166,8 @@ def test_cli_progress_bar_refreshes_every_n_steps() -> None:
     bars = [c for c in cli.trainer.callbacks if isinstance(c, TQDMProgressBar)]
     assert len(bars) == 1 and bars[0].refresh_rate == PROGRESS_BAR_REFRESH_STEPS
     off = MNISTLightningCLI(
-        args=["--model", "MLPClassifier", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"], run=False
+        args=["--model", "MLPClassifier", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"],
+        run=False,
     )
     assert off.trainer.progress_bar_callback is None
 
@@ -164,7 +175,7 @@ def test_cli_progress_bar_refreshes_every_n_steps() -> None:
 def test_speedrun_preset_builds_the_speedrun_network() -> None:
     cli = MNISTLightningCLI(args=["--config", str(CONFIGS / "speedrun.yaml"), "--trainer.logger", "false"], run=False)
     assert isinstance(cli.model, SpeedrunCNN) and cli.model.hparams.scheduler == "onecycle"
-    assert cli.datamodule.batch_size == 256 and cli.datamodule.on_device == "auto"
+    assert cli.datamodule.batch_size == 512 and cli.datamodule.on_device == "auto"
     assert any(isinstance(c, TrainTimer) for c in cli.trainer.callbacks)
     assert cli.model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
@@ -173,7 +184,9 @@ def test_benchmark_tiny_mode_writes_its_table(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--tiny", "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "speed.json").read_text())

@@ -31,8 +31,9 @@ class SampleMean(Metric):
         self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, value: Tensor, count: int) -> None:
-        self.total += value.detach().float() * count
-        self.count += count
+        # out of place: states reset inside inference mode (validate, test) are inference tensors
+        self.total = self.total + value.detach().float() * count
+        self.count = self.count + count
 
     def compute(self) -> Tensor:
         return self.total / self.count
