@@ -6,10 +6,11 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import mnist_lightning.models  # noqa: F401  (registers every classifier so --model Name resolves)
@@ -20,6 +21,8 @@ from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.tracking import SaveConfigToRun, resume_run
 
 DEBUG_ENV = "MNIST_LIGHTNING_DEBUG"
+# redrawing the bar every step costs more than a small MLP's step; a configured progress bar callback wins
+PROGRESS_BAR_REFRESH_STEPS = 20
 
 # batch indices are not needed: predictions come back in the order of the (unshuffled) split
 warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
@@ -140,6 +143,13 @@ class MNISTLightningCLI(LightningCLI):
         """
         if self.trainer.world_size > 1 and self.trainer.is_global_zero:
             self.datamodule.prepare_data()
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        given = config.get("callbacks") or []
+        configured = [*(given if isinstance(given, list) else [given]), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            callbacks = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def checkpoint_defaults(args: list[str]) -> dict[str, object]:

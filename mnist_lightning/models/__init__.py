@@ -3,6 +3,7 @@
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.models.cnn import CNN, CNNClassifier
 from mnist_lightning.models.mlp import MLP, MLPClassifier
+from mnist_lightning.models.speedrun import SpeedrunCNN, SpeedrunNet
 from mnist_lightning.models.vit import TransformerEncoderClassifier, TransformerEncoderViT, ViT, ViTClassifier
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "CNNClassifier",
     "MLPClassifier",
     "MNISTClassifier",
+    "SpeedrunCNN",
+    "SpeedrunNet",
     "TransformerEncoderClassifier",
     "TransformerEncoderViT",
     "ViT",

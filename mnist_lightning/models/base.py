@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 NUM_CLASSES = 10
@@ -20,11 +20,31 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
+class SampleMean(Metric):
+    """Mean of per-batch values weighted by batch size, kept on the device: no NaN check, no sync per update."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, count: int) -> None:
+        # out of place: states reset inside inference mode (validate, test) are inference tensors
+        self.total = self.total + value.detach().float() * count
+        self.count = self.count + count
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+
 class MNISTClassifier(L.LightningModule):
     """Cross-entropy training of ``self.net`` (set by subclasses) with per-stage torchmetrics.
 
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss`` and
     ``test/acc``. Validation and test losses never include label smoothing, so they are plain NLL.
+    Metrics are accumulated on the device every step and logged once per epoch, so no step waits for the device.
 
     Args:
         optimizer: ``sgd``, ``adam``, ``adamw`` or ``adagrad``.
@@ -33,6 +53,8 @@ class MNISTClassifier(L.LightningModule):
         weight_decay: L2 penalty (decoupled for AdamW).
         scheduler: ``none``, ``cosine`` (per step, to zero) or ``onecycle`` (per step).
         label_smoothing: label smoothing of the training loss.
+        compile: ``torch.compile`` the network when a Trainer sets the model up (state_dict keys stay the same).
+        channels_last: channels-last memory format for the network's weights and the image batches (CNNs).
     """
 
     net: nn.Module
@@ -46,6 +68,8 @@ class MNISTClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         scheduler: Literal["none", "cosine", "onecycle"] = "none",
         label_smoothing: float = 0.0,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -53,15 +77,26 @@ class MNISTClassifier(L.LightningModule):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         self.save_hyperparameters()
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.train_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
-        self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
-        self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
+        self.train_loss, self.val_loss, self.test_loss = SampleMean(), SampleMean(), SampleMean()
+        self.train_acc = SampleMean()
+        # validate_args=False: the argument checks call torch.unique, a device sync on every update
+        self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
         self.val_acc_best = MaxMetric()
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``(B, 10)`` for normalized images ``(B, 1, 28, 28)``."""
+        if self.hparams.get("channels_last"):
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
+
+    def configure_model(self) -> None:
+        """Speed settings applied when a Trainer sets the model up (after any checkpoint hparams are known)."""
+        if self.hparams.get("channels_last"):
+            self.net.to(memory_format=torch.channels_last)
+        # nn.Module.compile compiles in place: the parameters keep their names, so checkpoints load anywhere
+        if self.hparams.get("compile") and getattr(self.net, "_compiled_call_impl", None) is None:
+            self.net.compile()
 
     @property
     def num_parameters(self) -> int:
@@ -76,41 +111,54 @@ class MNISTClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
-        self.train_loss(loss.detach())
-        self.train_acc(logits.detach(), labels)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.train_loss.update(loss, len(labels))
+        self.train_acc.update((logits.detach().argmax(dim=1) == labels).float().mean(), len(labels))
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss, prog_bar=True)
+        self.log("train/acc", self.train_acc)
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         images, labels = batch
         logits = self(images)
         loss_metric, acc_metric = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
-        loss_metric(F.cross_entropy(logits, labels), weight=len(labels))
-        acc_metric(logits, labels)
-        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
+        loss_metric.update(F.cross_entropy(logits, labels), len(labels))
+        acc_metric.update(logits, labels)
+
+    def _log_evaluation(self, stage: str) -> None:
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=True)
+        self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), prog_bar=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Class probabilities ``(B, 10)``."""
-        return self(batch[0]).softmax(dim=1)
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
 
-    def configure_optimizers(self) -> Any:
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Class probabilities ``(B, 10)`` (float32 also under mixed precision)."""
+        return self(batch[0]).float().softmax(dim=1)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer the settings ask for, over all parameters (no schedule)."""
         hp = self.hparams
         kwargs: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
             kwargs["momentum"] = hp.momentum
-        optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), **kwargs)
+        return OPTIMIZERS[hp.optimizer](self.parameters(), **kwargs)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = self.build_optimizer()
         if hp.scheduler == "none":
             return optimizer
         total = self.trainer.estimated_stepping_batches

@@ -1,0 +1,407 @@
+"""Speed of mnist-lightning's ``fit`` next to a plain PyTorch loop over the same tensors, in one process.
+
+For the MLP (784-128-64-10), the ``convnet`` CNN and the ``vit`` preset: seconds per training epoch and images
+per second through the project's Trainer (built by the CLI from the preset, logger off), the same for a
+hand-written loop with the same model, initial weights, batch size and optimizer (the floor), their ratio, and
+inference images per second; then the speedrun preset's training time and test accuracy over several seeds, and
+a torchvision DataLoader with per-image ToTensor + Normalize for comparison. Writes ``speed.md`` and
+``speed.json``.
+
+    python benchmarks/speed.py            # the full benchmark (README table)
+    python benchmarks/speed.py --tiny     # a few batches of everything: checks that the script still works
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mnist_lightning.cli import MNISTLightningCLI, config_dir
+from mnist_lightning.data import MEAN, STD, MNISTDataModule
+from mnist_lightning.models.base import MNISTClassifier
+from mnist_lightning.timing import TrainTimer, synchronize
+
+HERE = Path(__file__).resolve().parent
+
+
+class ConvNetMirror(MNISTClassifier):
+    """The SPEC's ``convnet`` preset, for branches where its class is not in ``mnist_lightning.models``.
+
+    conv 1→32 k3, ReLU; conv 32→64 k3, ReLU; maxpool 2; Dropout(0.25); 9216 → 128 → ReLU → Dropout(0.5) → 10.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 32, 3),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.25),
+            nn.Flatten(),
+            nn.Linear(9216, 128),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(128, 10),
+        )
+
+
+# (name, preset file, CLI arguments used when the preset file is missing, or None to skip)
+CONVNET_MIRROR_ARGS = [
+    f"--model={ConvNetMirror.__module__}.{ConvNetMirror.__qualname__}",
+    "--model.optimizer=sgd",
+    "--model.lr=0.01",
+    "--data.batch_size=32",
+]
+MODELS: list[tuple[str, str, list[str] | None]] = [
+    ("mlp_128_64", "mlp_128_64.yaml", None),
+    ("convnet", "convnet.yaml", CONVNET_MIRROR_ARGS),
+    ("vit", "vit.yaml", None),
+]
+
+
+@dataclass
+class ModelResult:
+    name: str
+    source: str
+    params: int = 0
+    batch_size: int = 0
+    optimizer: str = ""
+    train_images: int = 0
+    fit_epoch_s: float = 0.0
+    plain_epoch_s: float = 0.0
+    fit_images_per_s: float = 0.0
+    plain_images_per_s: float = 0.0
+    ratio: float = 0.0
+    fit_inference_images_per_s: float = 0.0
+    plain_inference_images_per_s: float = 0.0
+    skipped: str = ""
+
+
+@dataclass
+class SpeedrunResult:
+    seeds: list[int] = field(default_factory=list)
+    train_s: list[float] = field(default_factory=list)
+    fit_call_s: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    steps: int = 0
+
+
+def build(args: list[str], workdir: Path) -> MNISTLightningCLI:
+    """Model, data module and Trainer exactly as ``mnist-lightning fit`` would build them (logger off)."""
+    common = [f"--trainer.default_root_dir={workdir}", "--trainer.logger=false", "--trainer.enable_model_summary=false"]
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # the benchmark's own options are not the CLI's
+        return MNISTLightningCLI(args=[*args, *common], run=False)
+
+
+class EvalTimer(L.Callback):
+    """Time of the test loop, waiting for the device."""
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize(trainer.strategy.root_device)
+        self.start = time.perf_counter()
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize(trainer.strategy.root_device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def plain_normalize(images: Tensor) -> Tensor:
+    return (images.unsqueeze(1).float() / 255 - MEAN) / STD
+
+
+def plain_training(
+    net: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor, batch_size: int, epochs: int
+) -> list[float]:
+    """The floor: shuffle, slice, normalize, forward, cross-entropy, backward, step. Seconds per epoch."""
+    device = images.device
+    seconds = []
+    net.train()
+    for epoch in range(epochs):
+        synchronize(device)
+        start = time.perf_counter()
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch)).to(device)
+        for first in range(0, len(labels), batch_size):
+            index = order[first : first + batch_size]
+            loss = F.cross_entropy(net(plain_normalize(images[index])), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+@torch.no_grad()
+def plain_inference(net: nn.Module, images: Tensor, batch_size: int) -> float:
+    """Images per second of a no-grad evaluation pass."""
+    net.eval()
+    synchronize(images.device)
+    start = time.perf_counter()
+    for first in range(0, len(images), batch_size):
+        net(plain_normalize(images[first : first + batch_size])).argmax(dim=1)
+    synchronize(images.device)
+    return len(images) / (time.perf_counter() - start)
+
+
+def bench_model(name: str, preset: str, fallback: list[str] | None, opts: argparse.Namespace) -> ModelResult:
+    path = config_dir() / preset
+    if path.is_file():
+        args, source = [f"--config={path}"], f"configs/{preset}"
+    elif fallback is not None:
+        args, source = fallback, f"benchmarks/speed.py {ConvNetMirror.__name__} (no configs/{preset} on this branch)"
+    else:
+        note = f"no configs/{preset} and no class for it in mnist_lightning.models on this branch"
+        print(f"{name}: skipped: {note}", flush=True)
+        return ModelResult(name=name, source="", skipped=note)
+    limits = [f"--trainer.limit_train_batches={opts.train_batches}"] if opts.train_batches else []
+    limits += ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=3"] if opts.tiny else []
+    with tempfile.TemporaryDirectory() as workdir:
+        L.seed_everything(0, verbose=False)
+        cli = build(
+            [*args, f"--trainer.max_epochs={opts.epochs}", "--trainer.num_sanity_val_steps=0", *limits], Path(workdir)
+        )
+        model, dm, trainer = cli.model, cli.datamodule, cli.trainer
+        plain_model = copy.deepcopy(model)
+        timer, eval_timer = TrainTimer(), EvalTimer()
+        trainer.callbacks.extend([timer, eval_timer])
+        trainer.fit(model, datamodule=dm)
+        trainer.test(model, datamodule=dm, verbose=False)
+
+        device = trainer.strategy.root_device
+        images, labels = (t.to(device) for t in dm.splits["train"])
+        num_batches = trainer.num_training_batches
+        images, labels = images[: num_batches * dm.batch_size], labels[: num_batches * dm.batch_size]
+        test_images = dm.splits["test"][0].to(device)
+        if opts.tiny:
+            test_images = test_images[: 3 * dm.eval_batch_size]
+        plain_model.to(device)
+        plain_seconds = plain_training(
+            plain_model.net, plain_model.build_optimizer(), images, labels, dm.batch_size, opts.epochs
+        )
+        plain_inference_rate = plain_inference(plain_model.net, test_images, dm.eval_batch_size)
+
+    fit_s, plain_s = timer.epoch_seconds[-1], plain_seconds[-1]
+    result = ModelResult(
+        name=name,
+        source=source,
+        params=model.num_parameters,
+        batch_size=dm.batch_size,
+        optimizer=f"{model.hparams.optimizer} lr {model.hparams.lr:g}",
+        train_images=len(labels),
+        fit_epoch_s=fit_s,
+        plain_epoch_s=plain_s,
+        fit_images_per_s=len(labels) / fit_s,
+        plain_images_per_s=len(labels) / plain_s,
+        ratio=fit_s / plain_s,
+        fit_inference_images_per_s=len(test_images) / eval_timer.seconds,
+        plain_inference_images_per_s=plain_inference_rate,
+    )
+    print(
+        f"{name}: fit {fit_s:.2f} s/epoch, plain {plain_s:.2f} s/epoch, ratio {result.ratio:.2f}; "
+        f"inference {result.fit_inference_images_per_s:,.0f} vs {plain_inference_rate:,.0f} images/s",
+        flush=True,
+    )
+    return result
+
+
+def bench_speedrun(opts: argparse.Namespace) -> SpeedrunResult:
+    """Train the speedrun preset once per seed through the project's fit; training time and official test accuracy."""
+    result = SpeedrunResult()
+    limits = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"]
+    limits.append("--trainer.max_epochs=1")
+    for seed in range(opts.first_seed, opts.first_seed + opts.seeds):
+        with tempfile.TemporaryDirectory() as workdir:
+            cli = build(
+                [
+                    f"--config={config_dir() / 'speedrun.yaml'}",
+                    f"--seed_everything={seed}",
+                    *(limits if opts.tiny else []),
+                ],
+                Path(workdir),
+            )
+            timers = [c for c in cli.trainer.callbacks if isinstance(c, TrainTimer)]
+            if not timers:
+                timers = [TrainTimer()]
+                cli.trainer.callbacks.append(timers[0])
+            start = time.perf_counter()
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            fit_call = time.perf_counter() - start
+            metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+        result.seeds.append(seed)
+        result.train_s.append(timers[0].train_seconds or 0.0)
+        result.fit_call_s.append(fit_call)
+        result.test_acc.append(float(metrics["test/acc"]))
+        result.steps = cli.trainer.global_step
+        print(
+            f"speedrun seed {seed}: {result.train_s[-1]:.2f} s training, test acc {result.test_acc[-1]:.4f}", flush=True
+        )
+    return result
+
+
+def bench_torchvision_loader(opts: argparse.Namespace) -> dict[str, float]:
+    """One epoch of a torchvision DataLoader over the 60,000 training images, per-image ToTensor + Normalize."""
+    from torchvision import datasets, transforms
+
+    dm = MNISTDataModule()
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    dataset = datasets.MNIST(str(dm.data_dir), train=True, transform=transform, download=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, num_workers=0)
+    start, images = time.perf_counter(), 0
+    for batch, (x, _) in enumerate(loader):
+        images += len(x)
+        if opts.tiny and batch == 20:
+            break
+    seconds = time.perf_counter() - start
+    return {"images": images, "seconds": seconds, "images_per_s": images / seconds}
+
+
+def environment() -> dict[str, Any]:
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        model_names = (
+            [
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ]
+            if Path("/proc/cpuinfo").is_file()
+            else []
+        )
+        device = f"CPU: {model_names[0] if model_names else platform.processor()}, {os.cpu_count()} cores"
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device,
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [
+        "# mnist-lightning speed",
+        "",
+        f"{env['date']}; {env['device']}; torch {env['torch']}, lightning {env['lightning']}, "
+        f"{env['torch_threads']} torch threads. Load average (1 min) {report['load_before']:.2f} before, "
+        f"{report['load_after']:.2f} after.",
+        "",
+        f"Command: `{report['command']}`"
+        + (" (tiny mode: a few batches, not a measurement)" if report["tiny"] else ""),
+        "",
+        "`fit`: the Trainer the CLI builds from the preset (progress bar and checkpointing as configured, logger off),"
+        " timing the training batches of the last epoch (validation excluded). `plain`: a hand-written loop over the"
+        " same tensors with the same model, initial weights, batch size and optimizer."
+        + (
+            f" Training was limited to {report['train_batches']} batches per epoch: s/epoch is for those batches."
+            if report["train_batches"]
+            else ""
+        ),
+        "",
+        "| model | params | batch | optimizer | train images | fit s/epoch | plain s/epoch | fit / plain "
+        "| fit images/s | plain images/s | fit inference images/s | plain inference images/s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["models"]:
+        if r["skipped"]:
+            lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 10)
+            continue
+        lines.append(
+            f"| {r['name']} | {r['params']:,} | {r['batch_size']} | {r['optimizer']} | {r['train_images']:,} "
+            f"| {r['fit_epoch_s']:.2f} | {r['plain_epoch_s']:.2f} | {r['ratio']:.2f} | {r['fit_images_per_s']:,.0f} "
+            f"| {r['plain_images_per_s']:,.0f} | {r['fit_inference_images_per_s']:,.0f} "
+            f"| {r['plain_inference_images_per_s']:,.0f} |"
+        )
+    sr = report["speedrun"]
+    if sr["test_acc"]:
+        mean_acc = sum(sr["test_acc"]) / len(sr["test_acc"])
+        mean_s = sum(sr["train_s"]) / len(sr["train_s"])
+        mean_fit_call = sum(sr["fit_call_s"]) / len(sr["fit_call_s"])
+        per_seed = ", ".join(f"{s:.2f} s / {a:.2%}" for s, a in zip(sr["train_s"], sr["test_acc"]))
+        speedrun = (
+            f"**Speedrun** (`configs/speedrun.yaml`, {sr['steps']} steps, seeds {sr['seeds']}): "
+            f"mean training time {mean_s:.2f} s (set-up excluded; whole `fit` call {mean_fit_call:.2f} s), "
+            f"mean official test accuracy {mean_acc:.2%} ({'reaches' if mean_acc >= 0.99 else 'misses'} 99.0%). "
+            f"Per seed (time / accuracy): {per_seed}."
+        )
+    else:
+        speedrun = "**Speedrun**: not run (`--seeds 0`)."
+    loader = report["torchvision_loader"]
+    mlp = next((r for r in report["models"] if r["name"] == "mlp_128_64" and not r["skipped"]), None)
+    lines += [
+        "",
+        speedrun,
+        "",
+        f"**torchvision DataLoader** (per-image ToTensor + Normalize, batch 64, no workers): "
+        f"{loader['seconds']:.2f} s for {loader['images']:,} images, {loader['images_per_s']:,.0f} images/s"
+        + (
+            f"; the MLP's `fit` epoch moves images {mlp['fit_images_per_s'] / loader['images_per_s']:.1f}× faster "
+            "while also training on them."
+            if mlp
+            else "."
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a few batches of everything (CI)")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs per model; the last one is reported")
+    parser.add_argument("--train-batches", type=int, default=0, help="limit the training batches per epoch (0: all)")
+    parser.add_argument("--seeds", type=int, default=5, help="speedrun seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first speedrun seed")
+    parser.add_argument("--models", default="mlp_128_64,convnet,vit", help="comma-separated subset of the models")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for speed.md and speed.json")
+    opts = parser.parse_args(argv)
+    if opts.tiny:
+        opts.epochs, opts.train_batches, opts.seeds = 1, opts.train_batches or 5, 1
+    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    load_before = os.getloadavg()[0]
+    wanted = set(opts.models.split(","))
+    models = [bench_model(name, preset, fb, opts) for name, preset, fb in MODELS if name in wanted]
+    speedrun = bench_speedrun(opts)
+    loader = bench_torchvision_loader(opts)
+    report = {
+        "command": command.strip(),
+        "tiny": opts.tiny,
+        "train_batches": opts.train_batches,
+        "environment": environment(),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "models": [asdict(m) for m in models],
+        "speedrun": asdict(speedrun),
+        "torchvision_loader": loader,
+    }
+    table = markdown(report)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "speed.md").write_text(table)
+    (opts.out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(table)
+    return report
+
+
+if __name__ == "__main__":
+    main()
