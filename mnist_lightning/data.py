@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import math
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -231,6 +232,9 @@ class MNISTDataModule(L.LightningDataModule):
         translate: largest shift as a fraction of the image size for ``augment``.
         scale: range of the zoom factor for ``augment``.
         predict_split: which images ``predict`` runs on.
+        predict_images: image files or folders (PNG, JPEG, ...) that ``predict`` runs on instead of MNIST, each
+            prepared like an MNIST digit (see :mod:`mnist_lightning.handwriting`); a file that cannot be read
+            gets a message and the others still run.
     """
 
     def __init__(
@@ -248,6 +252,7 @@ class MNISTDataModule(L.LightningDataModule):
         translate: float = 0.1,
         scale: tuple[float, float] = (0.9, 1.1),
         predict_split: Literal["train", "val", "test"] = "test",
+        predict_images: list[str] | str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -266,12 +271,22 @@ class MNISTDataModule(L.LightningDataModule):
         self.translate = translate
         self.scale = scale
         self.predict_split = predict_split
+        self.predict_images = [predict_images] if isinstance(predict_images, str) else predict_images
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.predict_files: list[Path] | None = None  # with predict_images: the files that were read, in order
+        self.predict_failures: list[tuple[Path, str]] = []
+
+    def _predicting_images(self) -> bool:
+        return bool(self.predict_images) and self.trainer is not None and self.trainer.predicting
 
     def prepare_data(self) -> None:
-        ensure_mnist(self.data_dir, download_if_missing=self.download)
+        if not self._predicting_images():
+            ensure_mnist(self.data_dir, download_if_missing=self.download)
 
     def setup(self, stage: str | None = None) -> None:
+        if self._predicting_images():
+            self._setup_images()
+            return
         if self.splits:
             return
         verify_raw_files(self.data_dir)
@@ -280,6 +295,23 @@ class MNISTDataModule(L.LightningDataModule):
         self.splits["train"] = (images[train_idx], labels[train_idx])
         self.splits["val"] = (images[val_idx], labels[val_idx])
         self.splits["test"] = load_split(self.data_dir, train=False)
+
+    def _setup_images(self) -> None:
+        from mnist_lightning.handwriting import load_digits
+
+        files, digits, failures = load_digits(self.predict_images)
+        if not files and len(failures) == 1:
+            raise ValueError(failures[0][1])
+        for _, message in failures:
+            print(f"mnist-lightning: skipped {message}", file=sys.stderr)
+        if not files:
+            raise ValueError(
+                f"none of the {len(failures)} images in data.predict_images could be used (see above); "
+                "pass PNG or JPEG files of single digits, or folders holding them"
+            )
+        self.predict_files, self.predict_failures = files, failures
+        images = torch.from_numpy(digits)
+        self.splits["images"] = (images, torch.full((len(images),), -1, dtype=torch.long))
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -304,7 +336,7 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> TensorBatchLoader:
-        return self._loader(self.predict_split, shuffle=False)
+        return self._loader("images" if self._predicting_images() else self.predict_split, shuffle=False)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
