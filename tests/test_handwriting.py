@@ -1,11 +1,12 @@
 """Own handwriting: image preparation, ``predict`` on image files, ``export`` with parity, ``serve`` in a browser.
 
-A small CNN (tests/tiny_cnn.py) is trained once per session on the real MNIST through the console script; the
+A small CNN (tests/tiny_models.py) is trained once per session on the real MNIST through the console script; the
 "handwriting" is real MNIST test digits written large, off-centre, in coloured ink on tinted paper, as JPEGs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -21,6 +22,8 @@ import pytest
 import torch
 from conftest import MNIST_DIR, REPO, run_cli
 from PIL import Image
+from playwright.sync_api import Browser, Page, sync_playwright
+from tiny_models import TinyAttentionClassifier
 
 from mnist_lightning.cli import main
 from mnist_lightning.data import DATA_DIR_ENV, load_split, normalize
@@ -31,13 +34,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _python_path() -> str:
-    """The tests folder (for ``tiny_cnn``) ahead of whatever PYTHONPATH already holds."""
+    """The tests folder (for ``tiny_models``) ahead of whatever PYTHONPATH already holds."""
     return os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(autouse=True)
-def tiny_cnn_importable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Console scripts started by these tests can rebuild ``tiny_cnn.TinyCNNClassifier`` from a checkpoint."""
+def tiny_models_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Console scripts started by these tests can rebuild ``tiny_models.TinyCNNClassifier`` from a checkpoint."""
     monkeypatch.setenv("PYTHONPATH", _python_path())
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # small batches: one thread wastes far less CPU on 2 shared cores
 
@@ -45,7 +48,7 @@ def tiny_cnn_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TinyCNNClassifier trained for one epoch on the real MNIST by ``mnist-lightning fit`` (about 97%)."""
-    folder = tmp_path_factory.mktemp("tiny_cnn")
+    folder = tmp_path_factory.mktemp("tiny_models")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.setenv(DATA_DIR_ENV, str(MNIST_DIR))
@@ -55,7 +58,7 @@ def cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run_cli(
             "fit",
             "--model",
-            "tiny_cnn.TinyCNNClassifier",
+            "tiny_models.TinyCNNClassifier",
             "--trainer.max_epochs",
             "1",
             "--trainer.logger",
@@ -149,7 +152,7 @@ def test_blank_and_unreadable_images_get_their_own_message(tmp_path: Path) -> No
 
 
 def test_predict_reads_handwriting_from_image_files(
-    isolated: Path, cnn_checkpoint: Path, mnist_test: tuple[np.ndarray, np.ndarray]
+    isolated: Path, cnn_checkpoint: Path, mnist_test: tuple[np.ndarray, np.ndarray], capsys: pytest.CaptureFixture[str]
 ) -> None:
     images, labels = mnist_test
     rng = np.random.default_rng(1)
@@ -179,14 +182,16 @@ def test_predict_reads_handwriting_from_image_files(
         assert row["prediction"] == "" and reason in row["error"]
         assert re.search(rf"skipped .*{re.escape(name)}: {reason}", result.stderr), result.stderr
 
-    # only bad images: one error line, exit code 1, no file written
+    # only bad images: one error line, exit code 1, no file written (in-process: a second start costs seconds)
     out.unlink()
-    failed = run_cli("predict", "--ckpt_path", str(cnn_checkpoint), "--data.predict_images", "nothing.png", check=False)
-    assert failed.returncode == 1 and "Traceback" not in failed.stderr
-    assert failed.stderr.strip().splitlines()[-1] == "mnist-lightning: error: nothing.png: no such file"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--ckpt_path", str(cnn_checkpoint), "--data.predict_images", "nothing.png"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "mnist-lightning: error: nothing.png: no such file"
     assert not out.exists()
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
 def test_exported_models_match_pytorch_on_the_whole_test_set(
     isolated: Path, cnn_checkpoint: Path, mnist_test: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -260,12 +265,12 @@ def test_serve_and_export_errors_are_one_line(
     assert not [p for p in isolated.iterdir() if p.suffix in (".onnx", ".pt", ".tmp")]
 
 
-@pytest.fixture
-def served(cnn_checkpoint: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def serving(ckpt_path: Path) -> Iterator[str]:
     """``mnist-lightning serve`` on a free port; yields its address and stops it afterwards."""
     exe = Path(sys.executable).with_name("mnist-lightning")
     server = subprocess.Popen(
-        [str(exe), "serve", "--ckpt_path", str(cnn_checkpoint), "--port", "0"],
+        [str(exe), "serve", "--ckpt_path", str(ckpt_path), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -299,6 +304,32 @@ def wait_for_address(server: subprocess.Popen[str], timeout: float) -> str:
     raise AssertionError(f"mnist-lightning serve did not start:\n{''.join(output)}")
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium driven by Playwright (never a downloaded browser)."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium chromium-driver (.ci/run does this)")
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    args += ["--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args, timeout=60_000)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def attention_checkpoint(tmp_path: Path) -> Path:
+    """An untrained TinyAttentionClassifier saved with the two entries of a fit checkpoint that serving reads."""
+    torch.manual_seed(0)
+    model = TinyAttentionClassifier(heads=4, blocks=2)
+    hparams = {**model.hparams, "_class_path": "tiny_models.TinyAttentionClassifier"}
+    path = tmp_path / "attention.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams}, path)
+    return path
+
+
 def trace_strokes(digit: np.ndarray, origin: tuple[float, float], pixel: float) -> list[list[tuple[float, float]]]:
     """Mouse strokes that write a digit: one horizontal stroke per run of ink in each row of its pixels."""
     strokes = []
@@ -310,50 +341,77 @@ def trace_strokes(digit: np.ndarray, origin: tuple[float, float], pixel: float) 
     return strokes
 
 
-def test_drawing_a_digit_in_a_real_browser_shows_the_right_class(
-    served: str, mnist_test: tuple[np.ndarray, np.ndarray], tmp_path: Path
-) -> None:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium chromium-driver (.ci/run does)")
-    from playwright.sync_api import sync_playwright
+def draw(page: Page, digit: np.ndarray) -> None:
+    """Clear the pad, write ``digit`` on it with the mouse, and wait until the page shows the finished digit."""
+    page.click("#clear")
+    before = int(page.evaluate("document.body.dataset.updates || 0"))
+    pad = page.locator("#pad").bounding_box()
+    assert pad is not None
+    for start, end in trace_strokes(digit, (pad["x"], pad["y"]), pad["width"] / 28):
+        page.mouse.move(*start)
+        page.mouse.down()
+        page.mouse.move(*end, steps=3)
+        page.mouse.up()
+    # the page keeps up while drawing: several predictions arrive, the last one for the whole digit
+    page.wait_for_function(
+        f"document.body.dataset.busy === 'no' && Number(document.body.dataset.updates) > {before + 1}"
+    )
 
+
+def canvas_pixels(page: Page, selector: str) -> np.ndarray:
+    """The RGB pixels of a canvas on the page, ``(H, W, 3)``."""
+    width, height, data = page.evaluate(
+        f"""() => {{ const c = document.querySelector("{selector}");
+        return [c.width, c.height, Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data)]; }}"""
+    )
+    return np.array(data, dtype=np.uint8).reshape(height, width, 4)[..., :3]
+
+
+def test_drawing_a_digit_in_a_real_browser_shows_the_right_class(
+    browser: Browser, cnn_checkpoint: Path, mnist_test: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
     images, labels = mnist_test
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    args += ["--disable-component-update", "--disable-sync", "--no-first-run"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args, timeout=60_000)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 700})
-            page.set_default_timeout(30_000)
-            page.goto(served)
-            assert page.inner_text("#prediction") == "–"
+    with serving(cnn_checkpoint) as address:
+        page = browser.new_page(viewport={"width": 1000, "height": 460})
+        page.set_default_timeout(30_000)
+        page.goto(address)
+        assert page.inner_text("#prediction") == "–"
+        for index in (0, 1, 3, 4):  # the first test images: 7, 2, 0, 4
+            draw(page, images[index])
+            shown = int(page.inner_text("#prediction"))
+            assert shown == labels[index], f"drew a {labels[index]}, the page says {shown}"
+            probs = [float(page.inner_text(f"#prob-{k}")) for k in range(10)]
+            assert sum(probs) == pytest.approx(1, abs=1e-3) and max(probs) == probs[shown]
+            preview = canvas_pixels(page, "#digit28")[..., 0]
+            assert max(ink_box(preview)) in (19, 20, 21) and similarity(preview, images[index]) > 0.7
             assert page.is_hidden("#attention-panel")  # a CNN has no attention maps
-            pad = page.locator("#pad").bounding_box()
-            assert pad is not None
-            for index in (0, 1, 3, 4):  # the first test images: 7, 2, 0, 4
-                page.click("#clear")
-                before = int(page.evaluate("document.body.dataset.updates || 0"))
-                for stroke in trace_strokes(images[index], (pad["x"], pad["y"]), pad["width"] / 28):
-                    page.mouse.move(*stroke[0])
-                    page.mouse.down()
-                    page.mouse.move(*stroke[1], steps=3)
-                    page.mouse.up()
-                # the page keeps up while drawing: several predictions arrive, the last one for the whole digit
-                page.wait_for_function(
-                    f"document.body.dataset.busy === 'no' && Number(document.body.dataset.updates) > {before + 1}"
-                )
-                shown = int(page.inner_text("#prediction"))
-                assert shown == int(labels[index]), f"drew a {labels[index]}, page says {shown}"
-                probs = [float(page.inner_text(f"#prob-{k}")) for k in range(10)]
-                assert sum(probs) == pytest.approx(1, abs=1e-3) and max(probs) == probs[shown]
-                seen = page.evaluate(
-                    "Array.from(document.querySelector('#digit28').getContext('2d')"
-                    ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0)"
-                )
-                preview = np.array(seen, dtype=np.uint8).reshape(28, 28)
-                assert max(ink_box(preview)) in (19, 20, 21) and similarity(preview, images[index]) > 0.7
-            page.screenshot(path=str(tmp_path / "serve.png"))
-            page.click("#clear")
-            assert page.inner_text("#prediction") == "–"
-        finally:
-            browser.close()
+        page.screenshot(path=str(tmp_path / "serve.png"))
+        page.click("#clear")
+        assert page.inner_text("#prediction") == "–" and page.inner_text("#prob-0") == "–"
+
+
+def test_the_page_shows_the_class_token_attention_of_attention_models(
+    browser: Browser, attention_checkpoint: Path, mnist_test: tuple[np.ndarray, np.ndarray]
+) -> None:
+    from mnist_lightning.commands import load_model
+
+    model = load_model(attention_checkpoint)
+    with serving(attention_checkpoint) as address:
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(address)
+        draw(page, mnist_test[0][2])
+        assert page.is_visible("#attention-panel")
+        assert page.eval_on_selector_all("#block option", "options => options.map(o => o.value)") == ["0", "1"]
+        assert page.input_value("#block") == "1"  # the last block first
+        assert page.locator("#heads canvas").count() == 4 + 1  # every head and their mean
+        seen = canvas_pixels(page, "#digit28")[..., 0]
+        with torch.no_grad():
+            maps = model.net.attention_maps(normalize(torch.from_numpy(seen).float().div(255).view(1, 1, 28, 28)))
+        for block in (1, 0):
+            page.select_option("#block", index=block)  # by position: labels count from 1
+            expected = maps[block][0, :, 0, 1:].numpy()  # (heads, 16): the class token's row, patches only
+            for head in range(4):
+                shown = canvas_pixels(page, f"#heads figure:nth-child({head + 1}) canvas")[..., 0].astype(float)
+                assert shown.shape == (4, 4)
+                np.testing.assert_allclose(shown.ravel(), 255 * expected[head] / expected[head].max(), atol=1.5)
