@@ -89,8 +89,12 @@ class MNISTLightningCLI(LightningCLI):
             save_config_callback=SaveConfigToRun,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={
-                subcommand: {"default_config_files": [str(config_dir() / "defaults.yaml")]}
-                for subcommand in ("fit", "validate", "test", "predict")
+                **{
+                    subcommand: {"default_config_files": [str(config_dir() / "defaults.yaml")]}
+                    for subcommand in ("fit", "validate", "test", "predict")
+                },
+                "epilog": "more commands: serve (a page to draw digits), export (ONNX, TorchScript); see "
+                "'mnist-lightning serve --help' and 'mnist-lightning export --help'",
             },
             auto_configure_optimizers=False,
             parser_class=OneLineErrorParser,

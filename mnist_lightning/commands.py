@@ -62,19 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``mnist-lightning serve`` and ``mnist-lightning export``."""
     parser = OneLineArgumentParser(prog="mnist-lightning")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
-    serve = commands.add_parser(
-        "serve", help="a local page to draw digits and see the model's probabilities as you draw"
-    )
+    about = "a local page to draw digits and see the model's probabilities as you draw"
+    serve = commands.add_parser("serve", help=about, description=about)
     serve.add_argument("--ckpt_path", required=True, help="checkpoint written by mnist-lightning fit")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)")
-    export = commands.add_parser(
-        "export", help="write the model as ONNX or TorchScript (uint8 (N, 28, 28) in, logits and probabilities out)"
+    about = (
+        "write the model as ONNX, TorchScript or torch.export (pt2) file: input 'images' uint8 (N, 28, 28) "
+        "white ink on black, outputs 'logits' and 'probabilities' float32 (N, 10)"
     )
+    export = commands.add_parser("export", help=about, description=about)
     export.add_argument("--ckpt_path", required=True, help="checkpoint written by mnist-lightning fit")
     export.add_argument("--format", choices=list(FORMATS), default="onnx", help="(default: %(default)s)")
     export.add_argument(
-        "--output", default=None, help="file to write (default: the checkpoint's path with .onnx or .pt)"
+        "--output", default=None, help="file to write (default: the checkpoint's path with .onnx, .pt or .pt2)"
     )
     return parser
 

@@ -152,7 +152,11 @@ def test_blank_and_unreadable_images_get_their_own_message(tmp_path: Path) -> No
 
 
 def test_predict_reads_handwriting_from_image_files(
-    isolated: Path, cnn_checkpoint: Path, mnist_test: tuple[np.ndarray, np.ndarray], capsys: pytest.CaptureFixture[str]
+    isolated: Path,
+    cnn_checkpoint: Path,
+    mnist_test: tuple[np.ndarray, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     images, labels = mnist_test
     rng = np.random.default_rng(1)
@@ -184,6 +188,7 @@ def test_predict_reads_handwriting_from_image_files(
 
     # only bad images: one error line, exit code 1, no file written (in-process: a second start costs seconds)
     out.unlink()
+    monkeypatch.setattr(sys, "argv", ["mnist-lightning"])
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "--ckpt_path", str(cnn_checkpoint), "--data.predict_images", "nothing.png"])
     assert exit_info.value.code == 1
