@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import sys
 import tempfile
@@ -66,13 +68,33 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         probs = torch.cat([b.float().cpu() for b in batches]) if batches else torch.empty(0, 10)
-        header = "index,prediction," + ",".join(f"prob_{k}" for k in range(probs.shape[1]))
-        rows = [
-            f"{i},{row.argmax().item()}," + ",".join(f"{p:.6f}" for p in row.tolist()) for i, row in enumerate(probs)
-        ]
+        files = getattr(trainer.datamodule, "predict_files", None)
+        if files is not None:
+            header, rows = image_rows(files, probs, trainer.datamodule.predict_failures)
+        else:
+            header = "index,prediction," + ",".join(f"prob_{k}" for k in range(probs.shape[1]))
+            rows = [
+                f"{i},{row.argmax().item()}," + ",".join(f"{p:.6f}" for p in row.tolist())
+                for i, row in enumerate(probs)
+            ]
         path = Path(self.output)
         if not path.is_absolute():
             path = Path(trainer.default_root_dir) / path
         write_atomically(path, "\n".join([header, *rows]) + "\n")
         self.written = path
         print(f"Predictions for {len(rows):,} images written to {path}", file=sys.stderr)
+
+
+def image_rows(
+    files: Sequence[Path], probs: torch.Tensor, failures: Sequence[tuple[Path, str]]
+) -> tuple[str, list[str]]:
+    """CSV header and rows for predictions on image files: file, digit, ten probabilities, ``error``; files that
+    could not be used come last, with an empty digit and probabilities and the reason in ``error``."""
+    num_classes = probs.shape[1]
+    table = [["file", "prediction", *(f"prob_{k}" for k in range(num_classes)), "error"]]
+    table += [[str(f), row.argmax().item(), *(f"{p:.6f}" for p in row.tolist()), ""] for f, row in zip(files, probs)]
+    table += [[str(f), "", *([""] * num_classes), message] for f, message in failures]
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(table)
+    header, *rows = text.getvalue().splitlines()
+    return header, rows

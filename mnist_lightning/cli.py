@@ -93,8 +93,12 @@ class MNISTLightningCLI(LightningCLI):
             save_config_callback=SaveConfigToRun,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={
-                subcommand: {"default_config_files": [str(config_dir() / "defaults.yaml")]}
-                for subcommand in ("fit", "validate", "test", "predict")
+                **{
+                    subcommand: {"default_config_files": [str(config_dir() / "defaults.yaml")]}
+                    for subcommand in ("fit", "validate", "test", "predict")
+                },
+                "epilog": "more commands: serve (a page to draw digits), export (ONNX, TorchScript); see "
+                "'mnist-lightning serve --help' and 'mnist-lightning export --help'",
             },
             auto_configure_optimizers=False,
             parser_class=OneLineErrorParser,
@@ -204,8 +208,14 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point; user errors end with one line on stderr and exit code 1 (traceback with DEBUG)."""
+    argv = sys.argv[1:] if args is None else args
     try:
-        MNISTLightningCLI(args=args)
+        if argv and argv[0] in ("serve", "export"):  # not LightningCLI subcommands: see commands.py
+            from mnist_lightning.commands import run_extra_command
+
+            run_extra_command(argv)
+        else:
+            MNISTLightningCLI(args=args)
     except (MNISTDataError, ValueError, FileNotFoundError) as err:
         if os.environ.get(DEBUG_ENV):
             raise

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import math
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -237,6 +238,9 @@ class MNISTDataModule(L.LightningDataModule):
         predict_split: which images ``predict`` runs on.
         on_device: keep the splits on the trainer's device so that every batch is an index slice there and
             Lightning's batch transfer has nothing to copy; ``auto`` does it on CUDA and MPS, not on the CPU.
+        predict_images: image files or folders (PNG, JPEG, ...) that ``predict`` runs on instead of MNIST, each
+            prepared like an MNIST digit (see :mod:`mnist_lightning.handwriting`); a file that cannot be read
+            gets a message and the others still run.
     """
 
     def __init__(
@@ -255,6 +259,7 @@ class MNISTDataModule(L.LightningDataModule):
         scale: tuple[float, float] = (0.9, 1.1),
         predict_split: Literal["train", "val", "test"] = "test",
         on_device: bool | Literal["auto"] = "auto",
+        predict_images: list[str] | str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -276,11 +281,21 @@ class MNISTDataModule(L.LightningDataModule):
         self.on_device = on_device
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._resident: dict[str, tuple[Tensor, Tensor]] = {}
+        self.predict_images = [predict_images] if isinstance(predict_images, str) else predict_images
+        self.predict_files: list[Path] | None = None  # with predict_images: the files that were read, in order
+        self.predict_failures: list[tuple[Path, str]] = []
+
+    def _predicting_images(self) -> bool:
+        return bool(self.predict_images) and self.trainer is not None and self.trainer.predicting
 
     def prepare_data(self) -> None:
-        ensure_mnist(self.data_dir, download_if_missing=self.download)
+        if not self._predicting_images():
+            ensure_mnist(self.data_dir, download_if_missing=self.download)
 
     def setup(self, stage: str | None = None) -> None:
+        if self._predicting_images():
+            self._setup_images()
+            return
         if self.splits:
             return
         verify_raw_files(self.data_dir)
@@ -289,6 +304,24 @@ class MNISTDataModule(L.LightningDataModule):
         self.splits["train"] = (images[train_idx], labels[train_idx])
         self.splits["val"] = (images[val_idx], labels[val_idx])
         self.splits["test"] = load_split(self.data_dir, train=False)
+
+    def _setup_images(self) -> None:
+        from mnist_lightning.handwriting import load_digits
+
+        files, digits, failures = load_digits(self.predict_images)
+        if not files and len(failures) == 1:
+            raise ValueError(failures[0][1])
+        for _, message in failures:
+            print(f"mnist-lightning: skipped {message}", file=sys.stderr)
+        if not files:
+            raise ValueError(
+                f"none of the {len(failures)} images in data.predict_images could be used (see above); "
+                "pass PNG or JPEG files of single digits, or folders holding them"
+            )
+        self.predict_files, self.predict_failures = files, failures
+        self._resident.pop("images", None)
+        images = torch.from_numpy(digits)
+        self.splits["images"] = (images, torch.full((len(images),), -1, dtype=torch.long))
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -331,7 +364,7 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> TensorBatchLoader:
-        return self._loader(self.predict_split, shuffle=False)
+        return self._loader("images" if self._predicting_images() else self.predict_split, shuffle=False)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch

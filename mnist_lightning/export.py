@@ -1,0 +1,111 @@
+"""Models that leave Python: ONNX, TorchScript and ``torch.export`` files with the MNIST scaling built in.
+
+Every exported model takes raw MNIST-style images, ``images``: uint8 ``(N, 28, 28)`` (white ink on black, as
+:func:`mnist_lightning.handwriting.prepare_digit` returns them; any batch size N) and returns ``logits`` and
+``probabilities``, both float32 ``(N, 10)``. Scaling to [0, 1] and the MNIST normalization happen inside.
+
+- ``onnx``: run it with onnxruntime (or any ONNX runtime), no PyTorch needed;
+- ``torchscript``: ``torch.jit.load`` (also from C++ libtorch; TorchScript is deprecated in recent PyTorch);
+- ``pt2``: ``torch.export.load(path).module()``, PyTorch's successor to TorchScript.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from mnist_lightning.data import normalize
+from mnist_lightning.models.base import MNISTClassifier
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("logits", "probabilities")
+
+
+class ExportError(ValueError):
+    """The model could not be exported; the message says why."""
+
+
+class RawImageClassifier(nn.Module):
+    """A classifier with the input scaling inside: uint8 ``(N, 28, 28)`` → (logits, probabilities)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(normalize(images.unsqueeze(1).float() / 255))
+        return logits, logits.softmax(dim=1)
+
+
+def export_model(
+    model: MNISTClassifier, output: str | Path, fmt: Literal["onnx", "torchscript", "pt2"] = "onnx"
+) -> Path:
+    """Write ``model`` (on the CPU, in eval mode) to ``output`` in format ``fmt``, atomically."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = RawImageClassifier(model.to("cpu").eval()).eval()
+    example = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt == "onnx":
+                _export_onnx(wrapped, example, tmp)
+            elif fmt == "pt2":
+                program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: _batch_dim()},))
+                torch.export.save(program, str(tmp))
+            else:
+                # as in LightningModule.to_torchscript: the tracer must not touch the (absent) trainer
+                model._jit_is_scripting = True
+                try:
+                    traced = torch.jit.trace(wrapped, (example,), check_trace=False)
+                finally:
+                    model._jit_is_scripting = False
+                torch.jit.save(traced, str(tmp))
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private; the export is an ordinary file
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
+
+
+def _export_onnx(wrapped: nn.Module, example: Tensor, path: Path) -> None:
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it, and onnxscript, to write the file)
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ExportError(f"ONNX export needs the onnx and onnxscript packages ({err}); pip install them") from None
+    program = torch.onnx.export(
+        wrapped,
+        (example,),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes=({0: _batch_dim()},),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program; update torch")
+    program.save(str(path), external_data=False)
+
+
+def _batch_dim() -> torch.export.Dim:
+    return torch.export.Dim("batch", min=1)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
