@@ -129,7 +129,8 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
         "Test accuracy and loss on the official 10,000 MNIST test images, from the checkpoint with the best validation",
         "accuracy. Regenerate with `python benchmarks/results.py` (see its `--help`); rows accumulate in",
         "`benchmarks/results.json`. *Epochs* says `run / recipe`: a row with fewer epochs than its recipe was capped",
-        "(`--max-epochs`) and is not the preset's full result. Seconds per epoch include validation.",
+        "(`--max-epochs`; a one-cycle or cosine schedule is then compressed into those epochs) and is not the preset's",
+        "full result. Seconds per epoch include validation; on a shared, loaded CPU they are slow and noisy.",
         "",
     ]
     lines += [
