@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,24 +71,28 @@ def fit_preset(
     if not preset_file.is_file():
         names = ", ".join(sorted(p.stem for p in config_dir().glob("*.yaml") if p.stem != "defaults"))
         raise ValueError(f"no preset {preset!r} in {config_dir()}; choose one of {names}")
-    cli = MNISTLightningCLI(
-        args=[
-            "--config",
-            str(config_dir() / "defaults.yaml"),
-            "--config",
-            str(preset_file),
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_model_summary",
-            "false",
-            "--trainer.default_root_dir",
-            str(Path(root_dir) / preset / time.strftime("%Y%m%d-%H%M%S")),
-            *args,
-        ],
-        run=False,
-    )
+    argv, sys.argv = sys.argv, sys.argv[:1]  # a Jupyter kernel's own arguments are not meant for the CLI
+    try:
+        cli = MNISTLightningCLI(
+            args=[
+                "--config",
+                str(config_dir() / "defaults.yaml"),
+                "--config",
+                str(preset_file),
+                "--trainer.logger",
+                "false",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
+                "--trainer.default_root_dir",
+                str(Path(root_dir) / preset / time.strftime("%Y%m%d-%H%M%S")),
+                *args,
+            ],
+            run=False,
+        )
+    finally:
+        sys.argv = argv
     history = EpochHistory()
     cli.trainer.callbacks.append(history)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
