@@ -13,7 +13,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from mnist_lightning.explore import BUDGET_ENV
+from mnist_lightning.explore import BUDGET_ENV, notebook_budget
 
 NOTEBOOKS = REPO / "notebooks"
 # notebook -> how many figure cells it has (cells tagged "figure": each must show at least one image/png)
@@ -88,3 +88,11 @@ def test_committed_notebook_shows_a_full_run(name: str) -> None:
     assert "budget: full" in first_output, f"{name}: the committed outputs are not from a full-budget run"
     figures = figure_cells(notebook)
     assert len(figures) == FIGURES[name] and all(has_png(cell) for cell in figures)
+
+
+def test_unknown_budget_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BUDGET_ENV, "quick")
+    with pytest.raises(ValueError, match=r"use 'full'.*or 'ci'"):
+        notebook_budget()
+    monkeypatch.delenv(BUDGET_ENV)
+    assert notebook_budget() == "full"
