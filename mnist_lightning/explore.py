@@ -35,7 +35,11 @@ def notebook_budget() -> Budget:
 
 
 class EpochHistory(Callback):
-    """Collects the epoch-level train and validation metrics and the elapsed time of every training epoch."""
+    """Collects the epoch-level train and validation metrics and the elapsed time of every training epoch.
+
+    An epoch is recorded when the next one starts (or training ends), so that metrics the model logs in its own
+    ``on_train_epoch_end`` (which runs after the callbacks' hook) are included.
+    """
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
@@ -45,9 +49,17 @@ class EpochHistory(Callback):
         self.rows = []
         self.started = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch > len(self.rows):
+            self._record(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch > len(self.rows):
+            self._record(trainer)
+
+    def _record(self, trainer: L.Trainer) -> None:
         metrics = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch + 1, "seconds": time.perf_counter() - self.started}
+        row = {"epoch": len(self.rows) + 1, "seconds": time.perf_counter() - self.started}
         row.update({key: float(metrics[key]) for key in HISTORY_KEYS if key in metrics})
         self.rows.append(row)
         shown = "  ".join(f"{key} {row[key]:.4f}" for key in HISTORY_KEYS if key in row)

@@ -13,7 +13,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from mnist_lightning.explore import BUDGET_ENV, notebook_budget
+from mnist_lightning.explore import BUDGET_ENV, fit_preset, latest_checkpoint, notebook_budget
 
 NOTEBOOKS = REPO / "notebooks"
 # notebook -> how many figure cells it has (cells tagged "figure": each must show at least one image/png)
@@ -96,3 +96,14 @@ def test_unknown_budget_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         notebook_budget()
     monkeypatch.delenv(BUDGET_ENV)
     assert notebook_budget() == "full"
+
+
+def test_epoch_history_has_train_and_validation_metrics_of_every_epoch() -> None:
+    cli, history = fit_preset(
+        "mlp_128_64", "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2"
+    )
+    assert history.column("epoch") == [1, 2]
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert len(history.column(key)) == 2
+    assert history.column("val/acc")[-1] == pytest.approx(float(cli.trainer.callback_metrics["val/acc"]))
+    assert latest_checkpoint("mlp_128_64") is not None
