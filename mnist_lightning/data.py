@@ -296,7 +296,8 @@ class MNISTDataModule(L.LightningDataModule):
         if self._predicting_images():
             self._setup_images()
             return
-        if self.splits:
+        self.predict_files = None
+        if "train" in self.splits:
             return
         verify_raw_files(self.data_dir)
         images, labels = load_split(self.data_dir, train=True)
