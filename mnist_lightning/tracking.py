@@ -15,6 +15,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from mnist_lightning.callbacks import write_atomically
+
 
 def wandb_logged_in() -> bool:
     """True when an API key is available from ``WANDB_API_KEY`` or the netrc entry ``wandb login`` writes."""
@@ -69,8 +71,9 @@ class SaveConfigToRun(SaveConfigCallback):
         if trainer.is_global_zero:
             run_dir = Path(run_directory(trainer))
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, run_dir / self.config_filename, skip_none=False, overwrite=True)
-            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            text = self.parser.dump(self.config, skip_none=False)
+            write_atomically(run_dir / self.config_filename, text)
+            config = yaml.safe_load(text)
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.experiment.config.update(config, allow_val_change=True)
