@@ -84,8 +84,11 @@ class MNISTLightningCLI(LightningCLI):
     """LightningCLI over every :class:`MNISTClassifier` and the :class:`MNISTDataModule`."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
-        args = resolve_preset_args(sys.argv[1:] if args is None else list(args))
-        self.checkpoint_defaults = checkpoint_defaults(args)
+        given = sys.argv[1:] if args is None else list(args)
+        resolved = resolve_preset_args(given)
+        if args is not None or resolved != given:
+            args = resolved
+        self.checkpoint_defaults = checkpoint_defaults(resolved)
         super().__init__(
             MNISTClassifier,
             MNISTDataModule,
@@ -119,12 +122,18 @@ class MNISTLightningCLI(LightningCLI):
         if self.checkpoint_defaults:
             parser.set_defaults(self.checkpoint_defaults)
 
-    def before_instantiate_classes(self) -> None:
-        # before any model or data is built: find `last`, refuse unreadable checkpoints, load tensors only
-        config = self.config[self.subcommand]
+    def _parse_ckpt_path(self) -> None:
+        # Replaces LightningCLI's merge of the checkpoint's hyperparameters over the parsed config, which would
+        # silently drop a --model given on the command line: here they are parser defaults (checkpoint_defaults),
+        # and a model that does not fit the checkpoint is refused after it is built. Before anything is built:
+        # find `last`, refuse an unreadable checkpoint, and load tensors only.
+        if not self.config.get("subcommand"):
+            return
+        subcommand = self.config.subcommand
+        config = self.config[subcommand]
         if config.get("ckpt_path") == "last":
             found = resolve_last_checkpoint(config.trainer.default_root_dir or ".")
-            if found is None and self.subcommand != "fit":
+            if found is None and subcommand != "fit":
                 raise CheckpointError(
                     f"--ckpt_path last: no last.ckpt under {config.trainer.default_root_dir}; pass a .ckpt path"
                 )
@@ -194,7 +203,7 @@ def check_checkpoint_matches_model(path: str | Path, model: MNISTClassifier) -> 
     fix = "leave out --model and the model config to use the checkpoint's own, or pass a checkpoint of this model"
     if saved_class != given_class:
         raise CheckpointError(f"checkpoint {path} holds a {saved_class}, but the model given is a {given_class}; {fix}")
-    given = dict(model.hparams)
+    given = {k: v for k, v in model.hparams.items() if not k.startswith("_")}
     differ = sorted(k for k in hparams.keys() | given.keys() if hparams.get(k) != given.get(k))
     if differ:
         mine = ", ".join(f"{k}={hparams.get(k)!r}" for k in differ)
@@ -224,6 +233,8 @@ def checkpoint_defaults(args: list[str]) -> dict[str, object]:
     if path == "last":
         root = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--trainer.default_root_dir"), "runs")
         path = resolve_last_checkpoint(root)
+        if path is None and "fit" not in args:
+            raise CheckpointError(f"--ckpt_path last: no last.ckpt under {root}; pass a .ckpt path")
     if path is None or path in ("best", "hpc") or str(path).startswith("registry"):
         return {}
     checkpoint = load_checkpoint(path)

@@ -41,9 +41,13 @@ class ResumableCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         path = Path(filepath)
         staging = str(path.with_name(f".{path.name}.partial"))
-        trainer.save_checkpoint(staging, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(staging, path)
+        try:
+            trainer.save_checkpoint(staging, self.save_weights_only)
+            if trainer.is_global_zero:
+                os.replace(staging, path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
         trainer.strategy.barrier("atomic_checkpoint")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
