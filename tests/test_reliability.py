@@ -408,7 +408,8 @@ class Interrupt(L.Callback):
 def fit_mlp(root: Path, *callbacks: L.Callback, ckpt_path: str | None = None) -> tuple[L.Trainer, MLPClassifier]:
     L.seed_everything(1)
     model, trainer = MLPClassifier(hidden_sizes=[32]), quiet_trainer(root, resumable_checkpoint(root), *callbacks)
-    trainer.fit(model, datamodule=MNISTDataModule(batch_size=64), ckpt_path=ckpt_path, weights_only=True)
+    datamodule = MNISTDataModule(data_dir=str(MNIST_DIR), batch_size=64)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return trainer, model
 
 
