@@ -64,7 +64,10 @@ class ResumableCheckpoint(ModelCheckpoint):
             and trainer.global_step % every == 0
             and not self._should_skip_saving_checkpoint(trainer)
         ):
+            # not counted as this step's save: the validation at the end of an epoch must still save best and last
+            already_saved = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_global_step_saved = already_saved
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
@@ -73,8 +76,7 @@ class ResumableCheckpoint(ModelCheckpoint):
             return
         if trainer.fast_dev_run or self.save_last is False:
             return
-        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if trainer.is_global_zero:
             what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl+C"
             print(
