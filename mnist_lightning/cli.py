@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -10,15 +11,17 @@ from typing import Any, NoReturn
 
 import torch
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import mnist_lightning.models  # noqa: F401  (registers every classifier so --model Name resolves)
 from mnist_lightning.callbacks import PredictionWriter, require_single_process
 from mnist_lightning.data import MNISTDataError, MNISTDataModule
 from mnist_lightning.media import MediaLogger
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.tracking import SaveConfigToRun, resume_run
+from mnist_lightning.reliability import FiniteLossGuard, ResumableCheckpoint
+from mnist_lightning.tracking import SaveConfigToRun, newest_last_checkpoint, resume_run
 
 DEBUG_ENV = "MNIST_LIGHTNING_DEBUG"
 # redrawing the bar every step costs more than a small MLP's step; a configured progress bar callback wins
@@ -85,7 +88,11 @@ class MNISTLightningCLI(LightningCLI):
     """LightningCLI over every :class:`MNISTClassifier` and the :class:`MNISTDataModule`."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
-        self.checkpoint_defaults = checkpoint_defaults(sys.argv[1:] if args is None else args)
+        given = sys.argv[1:] if args is None else list(args)
+        resolved = resolve_preset_args(given)
+        if args is not None or resolved != given:
+            args = resolved
+        self.checkpoint_defaults = checkpoint_defaults(resolved)
         super().__init__(
             MNISTClassifier,
             MNISTDataModule,
@@ -108,7 +115,7 @@ class MNISTLightningCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -120,12 +127,9 @@ class MNISTLightningCLI(LightningCLI):
         )
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(MediaLogger, "media")
+        parser.add_lightning_class_args(FiniteLossGuard, "loss_guard")
         if self.checkpoint_defaults:
             parser.set_defaults(self.checkpoint_defaults)
-
-    def before_instantiate_classes(self) -> None:
-        if self.subcommand == "fit":
-            resume_run(self.config.fit)
 
     def before_fit(self) -> None:
         self.prepare_data_before_launch()
@@ -155,6 +159,85 @@ class MNISTLightningCLI(LightningCLI):
             callbacks = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)]
         return super()._instantiate_trainer(config, callbacks)
 
+    def _parse_ckpt_path(self) -> None:
+        # Replaces LightningCLI's merge of the checkpoint's hyperparameters over the parsed config, which would
+        # silently drop a --model given on the command line: here they are parser defaults (checkpoint_defaults),
+        # and a model that does not fit the checkpoint is refused after it is built. Before anything is built:
+        # find `last`, refuse an unreadable checkpoint, and load tensors only.
+        if not self.config.get("subcommand"):
+            return
+        subcommand = self.config.subcommand
+        config = self.config[subcommand]
+        if subcommand == "fit":
+            resume_run(config)  # resolves `last` and continues the W&B run that wrote the checkpoint
+        elif config.get("ckpt_path") == "last":
+            found = newest_last_checkpoint(Path(config.trainer.default_root_dir or "."))
+            if found is None:
+                raise CheckpointError(
+                    f"--ckpt_path last: no last.ckpt under {config.trainer.default_root_dir}; pass a .ckpt path"
+                )
+            config.ckpt_path = str(found)
+        if config.get("ckpt_path") not in (None, "best", "hpc") and not str(config.ckpt_path).startswith("registry:"):
+            load_checkpoint(config.ckpt_path)
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        path = self.config[self.subcommand].get("ckpt_path")
+        if path and Path(path).is_file():
+            check_checkpoint_matches_model(path, self.model)
+
+
+def resolve_preset_args(args: list[str]) -> list[str]:
+    """Let ``--config NAME`` name a preset in ``configs/``; a config file that is nowhere gets a one-line error."""
+    resolved = list(args)
+    for i, arg in enumerate(resolved):
+        if arg == "--config" and i + 1 < len(resolved):
+            index, value, prefix = i + 1, resolved[i + 1], ""
+        elif arg.startswith("--config="):
+            index, value, prefix = i, arg.split("=", 1)[1], "--config="
+        else:
+            continue
+        if value.lstrip().startswith(("{", "[")) or Path(value).is_file():
+            continue
+        for candidate in (config_dir() / value, config_dir() / f"{value}.yaml"):
+            if candidate.is_file():
+                resolved[index] = prefix + str(candidate)
+                break
+        else:
+            presets = ", ".join(sorted(p.stem for p in config_dir().glob("*.yaml") if p.stem != "defaults"))
+            raise FileNotFoundError(f"config file {value} does not exist; pass a YAML file or a preset: {presets}")
+    return resolved
+
+
+def check_checkpoint_matches_model(path: str | Path, model: MNISTClassifier) -> None:
+    """Refuse, in one line naming both, a checkpoint whose architecture is not the one of ``model``."""
+    checkpoint = load_checkpoint(path)
+    hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    saved_class = str((checkpoint.get("hyper_parameters") or {}).get("_class_path", "?")).rsplit(".", 1)[-1]
+    given_class = type(model).__name__
+    saved_shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    given_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if saved_class == given_class and saved_shapes == given_shapes:
+        return
+    fix = "leave out --model and the model config to use the checkpoint's own, or pass a checkpoint of this model"
+    if saved_class != given_class:
+        raise CheckpointError(f"checkpoint {path} holds a {saved_class}, but the model given is a {given_class}; {fix}")
+    given = {k: v for k, v in model.hparams.items() if not k.startswith("_")}
+    differ = sorted(k for k in hparams.keys() | given.keys() if hparams.get(k) != given.get(k))
+    if differ:
+        mine = ", ".join(f"{k}={hparams.get(k)!r}" for k in differ)
+        theirs = ", ".join(f"{k}={given.get(k)!r}" for k in differ)
+        raise CheckpointError(
+            f"checkpoint {path} holds {saved_class}({mine}), but the model given is {given_class}({theirs}); {fix}"
+        )
+    key = next(k for k in saved_shapes.keys() | given_shapes.keys() if saved_shapes.get(k) != given_shapes.get(k))
+    raise CheckpointError(
+        f"checkpoint {path} does not fit {given_class}: {key} is {saved_shapes.get(key)} in the checkpoint and "
+        f"{given_shapes.get(key)} in the model; {fix}"
+    )
+
 
 def checkpoint_defaults(args: list[str]) -> dict[str, object]:
     """Model and data settings stored in the checkpoint named by ``--ckpt_path``, as parser defaults.
@@ -168,7 +251,12 @@ def checkpoint_defaults(args: list[str]) -> dict[str, object]:
             path = args[i + 1]
         elif arg.startswith("--ckpt_path="):
             path = arg.split("=", 1)[1]
-    if path is None or path in ("last", "best", "hpc", "registry"):
+    if path == "last":
+        root = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--trainer.default_root_dir"), "runs")
+        path = newest_last_checkpoint(root)
+        if path is None and "fit" not in args:
+            raise CheckpointError(f"--ckpt_path last: no last.ckpt under {root}; pass a .ckpt path")
+    if path is None or path in ("best", "hpc") or str(path).startswith("registry"):
         return {}
     checkpoint = load_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
@@ -216,6 +304,8 @@ def main(args: list[str] | None = None) -> None:
             run_extra_command(argv)
         else:
             MNISTLightningCLI(args=args)
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)  # the checkpoint callback has said where the state was saved
     except (MNISTDataError, ValueError, FileNotFoundError) as err:
         if os.environ.get(DEBUG_ENV):
             raise

@@ -7,7 +7,8 @@ import itertools
 import math
 import os
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -57,32 +58,71 @@ def verify_raw_files(data_dir: str | Path) -> None:
     folder = raw_dir(data_dir)
     missing = [name for name in RAW_FILES if not (folder / name).is_file()]
     if missing:
-        raise MNISTDataError(f"MNIST files missing in {folder}: {', '.join(missing)}; {_fix_hint(Path(data_dir))}")
-    for name, (magic, count, size, md5) in RAW_FILES.items():
+        present = len(RAW_FILES) - len(missing)
+        found = f" ({present} of {len(RAW_FILES)} present)" if present else ""
+        raise MNISTDataError(
+            f"MNIST files missing in {folder}{found}: {', '.join(missing)}; {_fix_hint(Path(data_dir))}"
+        )
+    for name in RAW_FILES:
         path = folder / name
-        data = path.read_bytes()
-        problem = None
-        if len(data) != size:
-            problem = f"is {len(data):,} bytes, expected {size:,} (truncated or not MNIST)"
-        elif int.from_bytes(data[0:4], "big") != magic or int.from_bytes(data[4:8], "big") != count:
-            problem = "has the wrong header (not an MNIST idx file)"
-        elif hashlib.md5(data).hexdigest() != md5:
-            problem = "fails its MD5 check (corrupt)"
+        problem = describe_raw_file_problem(name, path.read_bytes())
         if problem:
-            raise MNISTDataError(f"MNIST file {path} {problem}; delete it and {_fix_hint(Path(data_dir))}")
+            raise MNISTDataError(
+                f"MNIST file {path} {problem}; replace it with a good copy (or delete it and let the download run "
+                f"again), or {_fix_hint(Path(data_dir))}"
+            )
+
+
+def describe_raw_file_problem(name: str, data: bytes) -> str | None:
+    """What is wrong with the bytes of raw file ``name`` (None when they are the genuine file)."""
+    magic, count, size, md5 = RAW_FILES[name]
+    found_magic = int.from_bytes(data[0:4], "big") if len(data) >= 4 else None
+    found_count = int.from_bytes(data[4:8], "big") if len(data) >= 8 else None
+    kinds = {2051: "images", 2049: "labels"}
+    if found_magic in kinds and found_magic != magic:
+        return f"holds {kinds[found_magic]}, expected {kinds[magic]} (files swapped or misnamed)"
+    if found_magic == magic and found_count is not None and found_count != count:
+        return f"holds {found_count:,} items, expected {count:,} (train and t10k files mixed up)"
+    if len(data) != size:
+        header = "with a valid header " if (found_magic, found_count) == (magic, count) else ""
+        return f"is {len(data):,} bytes {header}where {size:,} are expected (truncated or not MNIST)"
+    if (found_magic, found_count) != (magic, count):
+        return "has the wrong header (not an MNIST idx file)"
+    if hashlib.md5(data).hexdigest() != md5:
+        return "fails its MD5 check (corrupt)"
+    return None
 
 
 def download(data_dir: str | Path) -> None:
-    """Download MNIST through torchvision into ``data_dir``; raise MNISTDataError if that is impossible."""
+    """Download MNIST through torchvision and move the four files into place only once all of them are verified.
+
+    The download goes to a temporary folder inside ``data_dir``: a download that breaks halfway leaves nothing in
+    ``MNIST/raw`` that could later pass as data.
+    """
     from torchvision import datasets
 
+    target = raw_dir(data_dir)
     try:
-        for train in (True, False):
-            datasets.MNIST(str(data_dir), train=train, download=True)
-    except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on what failed
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=data_dir, prefix=".mnist-download-") as staging:
+            try:
+                for train in (True, False):
+                    datasets.MNIST(staging, train=train, download=True)
+            except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on what failed
+                raise MNISTDataError(
+                    f"MNIST not found in {target} and the download failed ({type(err).__name__}); "
+                    f"{_fix_hint(Path(data_dir))}"
+                ) from err
+            try:
+                verify_raw_files(staging)
+            except MNISTDataError as err:
+                raise MNISTDataError(f"the MNIST download is damaged, nothing was kept: {err}") from err
+            target.mkdir(parents=True, exist_ok=True)
+            for name in RAW_FILES:
+                os.replace(raw_dir(staging) / name, target / name)
+    except OSError as err:
         raise MNISTDataError(
-            f"MNIST not found in {raw_dir(data_dir)} and the download failed ({type(err).__name__}); "
-            f"{_fix_hint(Path(data_dir))}"
+            f"cannot write MNIST into {data_dir} ({err.strerror or err}); {_fix_hint(Path(data_dir))}"
         ) from err
 
 
@@ -175,27 +215,51 @@ class ShardedBatchOrder:
 class TensorBatchLoader:
     """Iterates (uint8 images ``(B, 1, 28, 28)``, labels) batches by index slicing one tensor: no per-image Python.
 
-    Lightning finds ``sampler.set_epoch`` on it and reseeds the shuffle every epoch.
+    Lightning finds ``sampler.set_epoch`` on it and reseeds the shuffle every epoch. With ``progress`` (batches of
+    the current epoch already trained on, and batches in the epoch) it is resumable: ``state_dict`` goes into
+    checkpoints and ``load_state_dict`` makes the next iteration start where the checkpoint left off, in the same
+    batch order.
     """
 
     batch_sampler = None  # Lightning looks for it; the batches come from ``sampler``
 
-    def __init__(self, images: Tensor, labels: Tensor, sampler: ShardedBatchOrder) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        sampler: ShardedBatchOrder,
+        progress: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         self.images = images
         self.labels = labels
         self.sampler = sampler
+        self.progress = progress
+        self.skip = 0
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        batches = self.sampler.batches()
+        skip, self.skip = self.skip, 0
+        batches = self.sampler.batches()[skip:]
         if self.images.device.type != "cpu" and batches:
             # one copy of the epoch's order to the device instead of one small copy per batch
             sizes = [len(index) for index in batches]
             batches = torch.cat(batches).to(self.images.device, non_blocking=True).split(sizes)
         for index in batches:
             yield self.images[index].unsqueeze(1), self.labels[index]
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and how many of its batches were trained on (saved in checkpoints by Lightning)."""
+        done, total = self.progress() if self.progress else (0, len(self))
+        if done >= total:  # a finished epoch: Lightning continues with the next one on this loader's iterator
+            return {"epoch": self.sampler.epoch + 1, "batches_done": 0}
+        return {"epoch": self.sampler.epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next iteration gives the rest of the saved epoch, in that epoch's order."""
+        self.sampler.set_epoch(state["epoch"])
+        self.skip = state["batches_done"]
 
 
 def random_affine(
@@ -353,7 +417,13 @@ class MNISTDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         order = ShardedBatchOrder(len(labels), batch_size, shuffle, self.shuffle_seed, rank, world)
-        return TensorBatchLoader(images, labels, order)
+        progress = self._train_batches_done if split == "train" and trainer is not None else None
+        return TensorBatchLoader(images, labels, order, progress)
+
+    def _train_batches_done(self) -> tuple[int, int]:
+        # batches of this epoch whose optimizer step is done (what a checkpoint taken now has trained on), of all
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed, int(trainer.num_training_batches)
 
     def train_dataloader(self) -> TensorBatchLoader:
         return self._loader("train", shuffle=True)

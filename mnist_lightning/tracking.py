@@ -21,6 +21,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from mnist_lightning.callbacks import write_atomically
+
 # keys that SaveConfigToRun adds to every checkpoint: the W&B run it belongs to, and the metrics when it was saved
 RUN_ID_KEY = "wandb_run_id"
 METRICS_KEY = "metrics"
@@ -174,8 +176,9 @@ class SaveConfigToRun(SaveConfigCallback):
         run_dir = Path(run_directory(trainer))
         if trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, run_dir / self.config_filename, skip_none=False, overwrite=True)
-            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            text = self.parser.dump(self.config, skip_none=False)
+            write_atomically(run_dir / self.config_filename, text)
+            config = yaml.safe_load(text)
             config["num_parameters"] = count_parameters(pl_module)
             sizes = getattr(trainer.datamodule, "split_sizes", None)
             if sizes:
@@ -258,10 +261,19 @@ def is_wandb_logger_config(logger: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, WandbLogger)
 
 
-def newest_last_checkpoint(root: Path) -> Path | None:
-    """The most recently written ``last.ckpt`` anywhere under ``root``."""
-    found = [path for path in root.rglob("last.ckpt") if path.is_file()] if root.is_dir() else []
-    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+def newest_last_checkpoint(root: str | Path) -> Path | None:
+    """The most recently written ``last.ckpt`` (or ``last-vN.ckpt``) anywhere under ``root``, or None.
+
+    ``--ckpt_path last`` means the run that was interrupted, not the (empty) folder of the new run: W&B gives every
+    run its own ``<save_dir>/<project>/<run id>/checkpoints``; without a logger they go to ``<root>/checkpoints``.
+    """
+    root = Path(root)
+    found = [
+        path
+        for path in (root.rglob("last*.ckpt") if root.is_dir() else [])
+        if re.fullmatch(r"last(-v\d+)?\.ckpt", path.name) and path.is_file()
+    ]
+    return max(found, key=lambda path: path.stat().st_mtime, default=None)
 
 
 def checkpoint_run_id(path: str | Path) -> str | None:

@@ -1,0 +1,141 @@
+"""Training that survives interruptions and never trains on silently after the loss turned NaN."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from weakref import proxy
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, made safe to interrupt.
+
+    - every file is written under a temporary name and renamed, so a kill during a save never leaves a truncated
+      checkpoint (Lightning stages the bytes in the system temp folder, whose move may be a non-atomic copy);
+    - ``last.ckpt`` is also refreshed every ``last_every_n_train_steps`` optimizer steps (with ``save_last``), so a
+      run killed with SIGKILL loses at most that many steps;
+    - on SIGTERM or Ctrl+C during ``fit`` the state is saved to ``last.ckpt`` before the process exits.
+
+    A run resumed from any of these with ``--ckpt_path last`` continues in the middle of the epoch, with the same
+    batch order (the training loader is resumable), and ends at the same epoch and step as an uninterrupted run.
+
+    Args:
+        last_every_n_train_steps: refresh ``last.ckpt`` this often during an epoch (0: only when Lightning would).
+        **kwargs: the arguments of ``ModelCheckpoint``.
+    """
+
+    def __init__(self, *, last_every_n_train_steps: int = 200, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if last_every_n_train_steps < 0:
+            raise ValueError(f"last_every_n_train_steps must be 0 or more, got {last_every_n_train_steps}; try 200")
+        self.last_every_n_train_steps = last_every_n_train_steps
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        path = Path(filepath)
+        staging = str(path.with_name(f".{path.name}.partial"))
+        try:
+            trainer.save_checkpoint(staging, self.save_weights_only)
+            if trainer.is_global_zero:
+                os.replace(staging, path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+        trainer.strategy.barrier("atomic_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        every = self.last_every_n_train_steps
+        if (
+            self.save_last
+            and every > 0
+            and trainer.global_step % every == 0
+            and not self._should_skip_saving_checkpoint(trainer)
+        ):
+            # not counted as this step's save: the validation at the end of an epoch must still save best and last
+            already_saved = self._last_global_step_saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_global_step_saved = already_saved
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        interrupted = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
+        if not interrupted or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        if trainer.fast_dev_run or self.save_last is False:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if trainer.is_global_zero:
+            what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl+C"
+            print(
+                f"mnist-lightning: stopped by {what} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                f"saved {self.last_model_path}; continue with the same command plus --ckpt_path last",
+                file=sys.stderr,
+            )
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite."""
+
+
+class FiniteLossGuard(Callback):
+    """Stops training with :class:`NonFiniteLossError` once the training loss is NaN or infinite.
+
+    The losses stay on the device and are checked together every ``check_every_n_steps`` steps and at the end of
+    each epoch (every step on the CPU, where checking costs nothing): one synchronization per check, and the
+    message still names the exact step where the loss first went bad.
+
+    Args:
+        check_every_n_steps: how many steps the losses are collected on an accelerator before they are checked.
+    """
+
+    def __init__(self, *, check_every_n_steps: int = 50) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be at least 1, got {check_every_n_steps}; try 50")
+        self.check_every_n_steps = check_every_n_steps
+        self.losses: list[torch.Tensor] = []
+        self.where: list[tuple[int, int, int]] = []  # (global step, epoch, batch index) of each collected loss
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        self.losses.append(loss.detach().float().reshape(()))
+        self.where.append((trainer.global_step, trainer.current_epoch, batch_idx))
+        if loss.device.type == "cpu" or len(self.losses) >= self.check_every_n_steps:
+            self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Raise :class:`NonFiniteLossError` if one of the losses collected since the last check is not finite."""
+        if not self.losses:
+            return
+        losses, where = torch.stack(self.losses), self.where
+        self.losses, self.where = [], []
+        finite = torch.isfinite(losses)
+        if bool(finite.all()):
+            return
+        first = int((~finite).nonzero()[0, 0])
+        step, epoch, batch_idx = where[first]
+        lr = getattr(trainer.lightning_module.hparams, "lr", None)
+        hint = f"lower the learning rate (model.lr={lr:g})" if lr is not None else "lower the learning rate"
+        raise NonFiniteLossError(
+            f"training loss became {losses[first].item()} at step {step} (epoch {epoch}, batch {batch_idx}) and "
+            f"training was stopped; {hint}, or add gradient clipping (--trainer.gradient_clip_val 1.0)"
+        )
