@@ -184,7 +184,8 @@ class MNISTLightningCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        path = self.config[self.subcommand].get("ckpt_path")
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        path = config.get("ckpt_path")
         if path and Path(path).is_file():
             check_checkpoint_matches_model(path, self.model)
 
