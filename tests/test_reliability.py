@@ -136,7 +136,7 @@ def make_cases() -> list:
         (
             "ckpt-other-class",
             "ckpt",
-            ["test", "--ckpt_path", "mlp.ckpt", "--model", "tiny_models.TinyClassifier"],
+            ["test", "--ckpt_path", "mlp.ckpt", "--model", "reliability_models.TinyClassifier"],
             "holds a MLPClassifier, but the model given is a TinyClassifier",
         ),
         (
@@ -183,7 +183,7 @@ def set_up(kind: str | None, folder: Path, checkpoint: Path, monkeypatch: pytest
         (folder / "truncated.ckpt").write_bytes(checkpoint.read_bytes()[:50_000])
         (folder / "notes.ckpt").write_text("these are not the weights you are looking for\n")
         torch.save({"weights": torch.ones(3)}, folder / "tensors.ckpt")
-        (folder / "tiny_models.py").write_text(TINY_MODEL)
+        (folder / "reliability_models.py").write_text(TINY_MODEL)
         monkeypatch.syspath_prepend(str(folder))
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
     # damaged data must not send the run to the network
