@@ -207,7 +207,9 @@ def resolve_preset_args(args: list[str]) -> list[str]:
                 resolved[index] = prefix + str(candidate)
                 break
         else:
-            presets = ", ".join(sorted(p.stem for p in config_dir().glob("*.yaml") if p.stem != "defaults"))
+            presets = ", ".join(
+                sorted(p.stem for p in config_dir().glob("*.yaml") if p.stem not in ("defaults", "sweep"))
+            )
             raise FileNotFoundError(f"config file {value} does not exist; pass a YAML file or a preset: {presets}")
     return resolved
 

@@ -324,11 +324,19 @@ class MediaLogger(Callback):
             if key in trainer.callback_metrics:
                 self.curves[key].append((trainer.global_step, float(trainer.callback_metrics[key])))
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if "train/loss" in trainer.callback_metrics:
-            self.curves["train/loss"].append((trainer.global_step, float(trainer.callback_metrics["train/loss"])))
+    def _record_train_loss(self, trainer: L.Trainer) -> None:
+        # the model logs train/loss in its own on_train_epoch_end, which runs after the callbacks' one: the value
+        # of an epoch is read when the next epoch starts, and at the end of fit for the last one
+        points = self.curves["train/loss"]
+        value = trainer.callback_metrics.get("train/loss")
+        if value is not None and (not points or points[-1][0] != trainer.global_step):
+            points.append((trainer.global_step, float(value)))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record_train_loss(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record_train_loss(trainer)
         if self.enabled and trainer.is_global_zero and any(self.curves.values()):
             fig = learning_curves_figure(self.curves)
             self._emit(trainer, "media/learning_curves", fig, "learning_curves.png", "loss and validation accuracy")
