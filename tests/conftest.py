@@ -47,8 +47,15 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         folder.mkdir(parents=True)
         monkeypatch.setenv(var, str(folder))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     monkeypatch.delenv("MNIST_LIGHTNING_DEBUG", raising=False)
     return tmp_path
+
+
+def subprocess_env() -> dict[str, str]:
+    """The test's environment without ``WANDB_SERVICE``: a wandb run made inside the pytest process leaves it set,
+    and a child process would then hand its run to the parent's wandb service instead of writing it itself."""
+    return {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
 
 
 def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -60,7 +67,7 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=os.environ.copy(),
+        env=subprocess_env(),
         start_new_session=True,
     ) as process:
         try:

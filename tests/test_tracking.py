@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, run_cli
+from conftest import CONFIGS, run_cli, subprocess_env
 from jsonargparse import Namespace
 from torch import Tensor, nn
 from wandb_offline import OfflineRun, read_run
@@ -196,7 +196,8 @@ def test_sweep_config_renders_a_command_that_runs_one_trial(isolated: Path) -> N
     command = render_sweep_command(sweep, trial)
     assert command[:2] == ["/usr/bin/env", "mnist-lightning"] and "--data.batch_size=8" in command
 
-    env = os.environ | {"WANDB_RUN_ID": "sweeptrial1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    env = subprocess_env() | {"WANDB_RUN_ID": "sweeptrial1", "PATH": path}
     shutil.copytree(CONFIGS, isolated / "configs")  # the agent runs from the repository root
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
