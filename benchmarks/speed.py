@@ -34,47 +34,13 @@ from torch import Tensor, nn
 
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
 from mnist_lightning.data import MEAN, STD, MNISTDataModule
-from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.timing import TrainTimer, synchronize
 
 HERE = Path(__file__).resolve().parent
 
 
-class ConvNetMirror(MNISTClassifier):
-    """The SPEC's ``convnet`` preset, for branches where its class is not in ``mnist_lightning.models``.
-
-    conv 1→32 k3, ReLU; conv 32→64 k3, ReLU; maxpool 2; Dropout(0.25); 9216 → 128 → ReLU → Dropout(0.5) → 10.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 3),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 3),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Dropout(0.25),
-            nn.Flatten(),
-            nn.Linear(9216, 128),
-            nn.ReLU(),
-            nn.Dropout(0.5),
-            nn.Linear(128, 10),
-        )
-
-
-# (name, preset file, CLI arguments used when the preset file is missing, or None to skip)
-CONVNET_MIRROR_ARGS = [
-    f"--model={ConvNetMirror.__module__}.{ConvNetMirror.__qualname__}",
-    "--model.optimizer=sgd",
-    "--model.lr=0.01",
-    "--data.batch_size=32",
-]
-MODELS: list[tuple[str, str, list[str] | None]] = [
-    ("mlp_128_64", "mlp_128_64.yaml", None),
-    ("convnet", "convnet.yaml", CONVNET_MIRROR_ARGS),
-    ("vit", "vit.yaml", None),
-]
+# (name, preset file in configs/)
+MODELS: list[tuple[str, str]] = [("mlp_128_64", "mlp_128_64.yaml"), ("convnet", "convnet.yaml"), ("vit", "vit.yaml")]
 
 
 @dataclass
@@ -161,16 +127,13 @@ def plain_inference(net: nn.Module, images: Tensor, batch_size: int) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def bench_model(name: str, preset: str, fallback: list[str] | None, opts: argparse.Namespace) -> ModelResult:
+def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult:
     path = config_dir() / preset
-    if path.is_file():
-        args, source = [f"--config={path}"], f"configs/{preset}"
-    elif fallback is not None:
-        args, source = fallback, f"benchmarks/speed.py {ConvNetMirror.__name__} (no configs/{preset} on this branch)"
-    else:
-        note = f"no configs/{preset} and no class for it in mnist_lightning.models on this branch"
+    if not path.is_file():
+        note = f"no configs/{preset}"
         print(f"{name}: skipped: {note}", flush=True)
         return ModelResult(name=name, source="", skipped=note)
+    args, source = [f"--config={path}"], f"configs/{preset}"
     limits = [f"--trainer.limit_train_batches={opts.train_batches}"] if opts.train_batches else []
     limits += ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=3"] if opts.tiny else []
     with tempfile.TemporaryDirectory() as workdir:
@@ -381,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     load_before = os.getloadavg()[0]
     wanted = set(opts.models.split(","))
-    models = [bench_model(name, preset, fb, opts) for name, preset, fb in MODELS if name in wanted]
+    models = [bench_model(name, preset, opts) for name, preset in MODELS if name in wanted]
     speedrun = bench_speedrun(opts)
     loader = bench_torchvision_loader(opts)
     report = {
