@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -30,6 +31,16 @@ PROGRESS_BAR_REFRESH_STEPS = 20
 # batch indices are not needed: predictions come back in the order of the (unshuffled) split
 warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+
+
+class HideAdvertisement(logging.Filter):
+    """Drops Lightning's start-up tip that advertises another logging service: it says nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip:")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(HideAdvertisement())
 
 
 def config_dir() -> Path:
@@ -157,6 +168,9 @@ class MNISTLightningCLI(LightningCLI):
         configured = [*(given if isinstance(given, list) else [given]), *callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             callbacks = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)]
+        if self.subcommand != "predict":
+            # Lightning calls every hook of every callback on every step: the writer only works in `predict`
+            callbacks = [c for c in callbacks if not isinstance(c, PredictionWriter)]
         return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:

@@ -440,9 +440,13 @@ class MNISTDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
         if self.augment and self.trainer is not None and self.trainer.training:
-            images = random_affine(images.float().div_(255), self.rotation, self.translate, self.scale)
-            return normalize(images), labels
-        return normalize_uint8(images), labels
+            images = normalize(random_affine(images.float().div_(255), self.rotation, self.translate, self.scale))
+        else:
+            images = normalize_uint8(images)
+        if self.trainer is not None:
+            # bf16-true / 16-true: the weights are half precision, so the images made here must be too
+            images = self.trainer.precision_plugin.convert_input(images)
+        return images, labels
 
 
 def normalize(images: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,10 @@ from conftest import CONFIGS, REPO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
+from mnist_lightning.callbacks import PredictionWriter
 from mnist_lightning.cli import PROGRESS_BAR_REFRESH_STEPS, MNISTLightningCLI
 from mnist_lightning.models import SpeedrunCNN
+from mnist_lightning.models.base import TrainingSums
 from mnist_lightning.timing import TrainTimer
 
 
@@ -90,13 +93,41 @@ def test_train_metrics_cover_one_epoch_and_log_once(datamodule: MNISTDataModule)
 
     class Count(L.Callback):
         def on_train_epoch_end(self, trainer, pl_module) -> None:
-            counts.append(int(pl_module.train_acc.count))
+            counts.append(pl_module.train_sums.count)
 
     trainer = quiet_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, callbacks=[Count()])
     trainer.fit(MLPClassifier(), datamodule=datamodule)
     assert counts == [300, 300]  # reset every epoch, not accumulated across epochs
     metrics = trainer.callback_metrics
     assert 0 <= metrics["train/acc"] <= 1 and torch.isfinite(metrics["train/loss"])
+
+
+def test_bf16_true_precision_feeds_bfloat16_images(datamodule: MNISTDataModule) -> None:
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(batch[0].dtype)
+
+    L.seed_everything(0)
+    model = MLPClassifier(lr=3e-3)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=30, limit_val_batches=5, precision="bf16-true")
+    trainer.callbacks.append(Spy())
+    trainer.fit(model, datamodule=datamodule)
+    assert set(seen) == {torch.bfloat16} and next(model.parameters()).dtype == torch.bfloat16
+    assert trainer.callback_metrics["val/acc"] > 0.7
+    probs = trainer.predict(model, datamodule=datamodule)[0]
+    assert probs.dtype == torch.float32
+
+
+def test_training_sums_weight_each_batch_by_its_size() -> None:
+    sums = TrainingSums()
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    sums.add(torch.tensor(0.5), logits[:2], torch.tensor([0, 0]))  # one of two right
+    sums.add(torch.tensor(2.0), logits[2:], torch.tensor([0]))  # one of one right
+    assert sums.count == 3 and float(sums.loss) == pytest.approx(0.5 * 2 + 2.0) and int(sums.correct) == 2
+    sums.reset()
+    assert sums.count == 0 and sums.loss is None
 
 
 def test_bf16_mixed_precision_trains_and_predicts_float32(datamodule: MNISTDataModule) -> None:
@@ -170,6 +201,18 @@ def test_cli_progress_bar_refreshes_every_n_steps() -> None:
         run=False,
     )
     assert off.trainer.progress_bar_callback is None
+
+
+def test_only_predict_carries_the_prediction_writer() -> None:
+    # its hooks would run on every training step for nothing; `predict` writing its file is tested in test_cli
+    cli = MNISTLightningCLI(args=["--config", str(CONFIGS / "mlp_128_64.yaml"), "--trainer.logger", "false"], run=False)
+    assert not any(isinstance(c, PredictionWriter) for c in cli.trainer.callbacks)
+
+
+def test_the_cli_hides_lightnings_logging_advertisement(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero")
+    MNISTLightningCLI(args=["--model", "MLPClassifier", "--trainer.logger", "false"], run=False)
+    assert "Tip:" not in caplog.text and "GPU available" in caplog.text  # the other start-up lines stay
 
 
 def test_speedrun_preset_builds_the_speedrun_network() -> None:
