@@ -50,7 +50,7 @@ class TrainingSums:
         self.reset()
 
     def reset(self) -> None:
-        self.loss: Tensor | None = None
+        self.loss: Tensor | None = None  # None until the first batch (``count == 0``)
         self.correct: Tensor | None = None
         self.count = 0
 
@@ -58,11 +58,11 @@ class TrainingSums:
         """Add one batch: its mean loss and its logits ``(B, 10)`` against the labels."""
         loss = loss.detach().float() * len(labels)
         correct = (logits.detach().argmax(dim=1) == labels).sum()
-        if self.loss is None or self.correct is None:
-            self.loss, self.correct = loss, correct
-        else:
+        if self.count:
             self.loss.add_(loss)
             self.correct.add_(correct)
+        else:  # the first batch of the epoch: its tensors become the sums, on the device the model runs on
+            self.loss, self.correct = loss, correct
         self.count += len(labels)
 
 
