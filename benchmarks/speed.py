@@ -2,8 +2,9 @@
 
 For the MLP (784-128-64-10), the ``convnet`` CNN and the ``vit`` preset: seconds per training epoch and images
 per second through the project's Trainer (built by the CLI from the preset, logger off), the same for a
-hand-written loop with the same model, initial weights, batch size and optimizer (the floor), their ratio, and
-inference images per second; then the speedrun preset's training time and test accuracy over several seeds, and
+hand-written loop with the same model, initial weights, batch size and optimizer (the floor), their ratio, the
+same network trained by a bare Lightning Trainer (what Lightning itself costs), and inference images per second;
+then the speedrun preset's training time and test accuracy over several seeds, and
 a torchvision DataLoader with per-image ToTensor + Normalize for comparison. Writes ``speed.md`` and
 ``speed.json``.
 
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
 from mnist_lightning.data import MEAN, STD, MNISTDataModule
+from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.timing import TrainTimer, synchronize
 
 HERE = Path(__file__).resolve().parent
@@ -56,6 +58,8 @@ class ModelResult:
     fit_images_per_s: float = 0.0
     plain_images_per_s: float = 0.0
     ratio: float = 0.0
+    bare_epoch_s: float = 0.0
+    bare_ratio: float = 0.0
     fit_inference_images_per_s: float = 0.0
     plain_inference_images_per_s: float = 0.0
     skipped: str = ""
@@ -87,6 +91,46 @@ class EvalTimer(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         synchronize(trainer.strategy.root_device)
         self.seconds = time.perf_counter() - self.start
+
+
+class BareClassifier(L.LightningModule):
+    """The least a LightningModule can be: cross-entropy of ``net`` and one optimizer, no metrics, no hooks.
+
+    Trained by a Trainer with no callbacks, logger, checkpointing or progress bar, it measures what Lightning's
+    own loop costs per step (the floor for anything trained by a Trainer), apart from this project's additions.
+    """
+
+    def __init__(self, source: MNISTClassifier) -> None:
+        super().__init__()
+        self.net = source.net
+        self.build_optimizer = source.build_optimizer  # the same optimizer and settings, over the same parameters
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        return F.cross_entropy(self.net(images), labels)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.build_optimizer()
+
+
+def bare_training(source: MNISTClassifier, dm: MNISTDataModule, trainer: L.Trainer, epochs: int) -> list[float]:
+    """Seconds per epoch of ``BareClassifier(source)`` trained on ``dm`` by a bare Trainer like ``trainer``."""
+    timer = TrainTimer()
+    bare_trainer = L.Trainer(
+        accelerator=trainer.accelerator,
+        devices=1,
+        precision=trainer.precision,
+        max_epochs=epochs,
+        limit_train_batches=trainer.limit_train_batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    bare_trainer.fit(BareClassifier(source), datamodule=dm)
+    return timer.epoch_seconds
 
 
 def plain_normalize(images: Tensor) -> Tensor:
@@ -147,26 +191,31 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
             [*args, f"--trainer.max_epochs={opts.epochs}", "--trainer.num_sanity_val_steps=0", *limits], Path(workdir)
         )
         model, dm, trainer = cli.model, cli.datamodule, cli.trainer
-        plain_model = copy.deepcopy(model)
+        # the same initial weights for all four runs
+        plain_before, plain_after, bare_source = (copy.deepcopy(model) for _ in range(3))
+        device = trainer.strategy.root_device
+        dm.setup("fit")
+        num_batches = min(len(dm.train_dataloader()), opts.train_batches or len(dm.train_dataloader()))
+        images, labels = (t[: num_batches * dm.batch_size].to(device) for t in dm.splits["train"])
+
+        def plain(source: MNISTClassifier) -> list[float]:
+            source.to(device)
+            return plain_training(source.net, source.build_optimizer(), images, labels, dm.batch_size, opts.epochs)
+
+        # the plain loop runs before and after fit, so a machine that slows down or speeds up meanwhile is seen
+        plain_seconds = plain(plain_before)
         timer, eval_timer = TrainTimer(), EvalTimer()
         trainer.callbacks.extend([timer, eval_timer])
         trainer.fit(model, datamodule=dm)
         trainer.test(model, datamodule=dm, verbose=False)
-
-        device = trainer.strategy.root_device
-        images, labels = (t.to(device) for t in dm.splits["train"])
-        num_batches = trainer.num_training_batches
-        images, labels = images[: num_batches * dm.batch_size], labels[: num_batches * dm.batch_size]
+        plain_seconds = [steady_epoch(plain_seconds), steady_epoch(plain(plain_after))]
+        bare_s = steady_epoch(bare_training(bare_source, dm, trainer, opts.epochs))
         test_images = dm.splits["test"][0].to(device)
         if opts.tiny:
             test_images = test_images[: 3 * dm.eval_batch_size]
-        plain_model.to(device)
-        plain_seconds = plain_training(
-            plain_model.net, plain_model.build_optimizer(), images, labels, dm.batch_size, opts.epochs
-        )
-        plain_inference_rate = plain_inference(plain_model.net, test_images, dm.eval_batch_size)
+        plain_inference_rate = plain_inference(plain_after.net, test_images, dm.eval_batch_size)
 
-    fit_s, plain_s = steady_epoch(timer.epoch_seconds), steady_epoch(plain_seconds)
+    fit_s, plain_s = steady_epoch(timer.epoch_seconds), min(plain_seconds)
     result = ModelResult(
         name=name,
         source=source,
@@ -179,11 +228,14 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         fit_images_per_s=len(labels) / fit_s,
         plain_images_per_s=len(labels) / plain_s,
         ratio=fit_s / plain_s,
+        bare_epoch_s=bare_s,
+        bare_ratio=bare_s / plain_s,
         fit_inference_images_per_s=len(test_images) / eval_timer.seconds,
         plain_inference_images_per_s=plain_inference_rate,
     )
     print(
-        f"{name}: fit {fit_s:.2f} s/epoch, plain {plain_s:.2f} s/epoch, ratio {result.ratio:.2f}; "
+        f"{name}: fit {fit_s:.2f} s/epoch, plain {plain_s:.2f} s/epoch, ratio {result.ratio:.2f} "
+        f"(bare Lightning {result.bare_ratio:.2f}); "
         f"inference {result.fit_inference_images_per_s:,.0f} vs {plain_inference_rate:,.0f} images/s",
         flush=True,
     )
@@ -279,7 +331,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "`fit`: the Trainer the CLI builds from the preset (progress bar and checkpointing as configured, logger off),"
         " timing the training batches of each epoch (validation excluded). `plain`: a hand-written loop over the"
-        " same tensors with the same model, initial weights, batch size and optimizer. Both report their fastest epoch"
+        " same tensors with the same model, initial weights, batch size and optimizer, run before and after `fit` (the"
+        " faster of the two counts). `bare Lightning`: the same network, optimizer and data module trained by a"
+        " Trainer with no callbacks, logger, checkpointing or progress bar, and a LightningModule with only a"
+        " cross-entropy `training_step` (no metrics): what Lightning's own loop costs. Each reports its fastest epoch"
         " after the first (the first pays for warm-up)."
         + (
             f" Training was limited to {report['train_batches']} batches per epoch: s/epoch is for those batches."
@@ -288,16 +343,18 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         "",
         "| model | params | batch | optimizer | train images | fit s/epoch | plain s/epoch | fit / plain "
-        "| fit images/s | plain images/s | fit inference images/s | plain inference images/s |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| bare Lightning s/epoch | bare / plain | fit images/s | plain images/s | fit inference images/s "
+        "| plain inference images/s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["models"]:
         if r["skipped"]:
-            lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 10)
+            lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 12)
             continue
         lines.append(
             f"| {r['name']} | {r['params']:,} | {r['batch_size']} | {r['optimizer']} | {r['train_images']:,} "
-            f"| {r['fit_epoch_s']:.2f} | {r['plain_epoch_s']:.2f} | {r['ratio']:.2f} | {r['fit_images_per_s']:,.0f} "
+            f"| {r['fit_epoch_s']:.2f} | {r['plain_epoch_s']:.2f} | {r['ratio']:.2f} | {r['bare_epoch_s']:.2f} "
+            f"| {r['bare_ratio']:.2f} | {r['fit_images_per_s']:,.0f} "
             f"| {r['plain_images_per_s']:,.0f} | {r['fit_inference_images_per_s']:,.0f} "
             f"| {r['plain_inference_images_per_s']:,.0f} |"
         )

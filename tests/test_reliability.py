@@ -11,11 +11,14 @@ import sys
 import time
 import urllib.error
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import lightning as L
 import pytest
 import torch
 from conftest import MNIST_DIR, run_cli
+from lightning.pytorch.loggers import Logger
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
 from mnist_lightning.callbacks import PredictionWriter, write_atomically
@@ -354,10 +357,10 @@ def test_every_writer_goes_through_write_atomically(monkeypatch: pytest.MonkeyPa
 
 
 def quiet_trainer(root: Path, *callbacks: L.Callback, **kwargs) -> L.Trainer:
-    options = {"max_epochs": 2, "limit_train_batches": 30, "limit_val_batches": 3, "deterministic": True} | kwargs
+    options = {"max_epochs": 2, "limit_train_batches": 30, "limit_val_batches": 3, "deterministic": True}
+    options |= {"logger": False} | kwargs
     return L.Trainer(
         accelerator="cpu",
-        logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=root,
@@ -412,25 +415,48 @@ class Interrupt(L.Callback):
         raise RuntimeError("killed")
 
 
-def fit_mlp(root: Path, *callbacks: L.Callback, ckpt_path: str | None = None) -> tuple[L.Trainer, MLPClassifier]:
+class MetricsRecorder(Logger):
+    """Keeps every metrics dict Lightning logs, in memory."""
+
+    name, version = "recorder", 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[dict[str, float]] = []
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.logged.append(dict(metrics))
+
+    def train_metrics_per_epoch(self) -> dict[int, tuple[float, float]]:
+        return {int(m["epoch"]): (m["train/loss"], m["train/acc"]) for m in self.logged if "train/loss" in m}
+
+
+def fit_mlp(
+    root: Path, *callbacks: L.Callback, ckpt_path: str | None = None, logger: Logger | bool = False
+) -> tuple[L.Trainer, MLPClassifier]:
     L.seed_everything(1)
-    model, trainer = MLPClassifier(hidden_sizes=[32]), quiet_trainer(root, resumable_checkpoint(root), *callbacks)
+    model = MLPClassifier(hidden_sizes=[32])
+    trainer = quiet_trainer(root, resumable_checkpoint(root), *callbacks, logger=logger)
     datamodule = MNISTDataModule(data_dir=str(MNIST_DIR), batch_size=64)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return trainer, model
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[L.Trainer, MLPClassifier]:
-    return fit_mlp(tmp_path_factory.mktemp("whole"))
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[L.Trainer, MLPClassifier, MetricsRecorder]:
+    recorder = MetricsRecorder()
+    return (*fit_mlp(tmp_path_factory.mktemp("whole"), logger=recorder), recorder)
 
 
 @pytest.mark.parametrize(("how", "at"), [("sigterm", 40), ("sigterm", 30), ("sigkill", 40), ("sigkill", 31)])
 def test_interrupted_fit_resumes_to_the_same_weights(
-    tmp_path: Path, how: str, at: int, uninterrupted: tuple[L.Trainer, MLPClassifier]
+    tmp_path: Path, how: str, at: int, uninterrupted: tuple[L.Trainer, MLPClassifier, MetricsRecorder]
 ) -> None:
     """Steps 30/31 are the end of epoch 0 (30 batches); 40 is the middle of epoch 1. Periodic saves every 7 steps."""
-    whole, whole_model = uninterrupted
+    whole, whole_model, whole_metrics = uninterrupted
     root = tmp_path / how
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -439,11 +465,17 @@ def test_interrupted_fit_resumes_to_the_same_weights(
     saved = root / "checkpoints" / ("last.ckpt" if how == "sigterm" else "at_kill.ckpt")
     state = torch.load(saved, weights_only=True)
     assert state["global_step"] == at if how == "sigterm" else state["global_step"] < at
-    resumed, resumed_model = fit_mlp(root, ckpt_path=str(saved))
+    resumed_metrics = MetricsRecorder()
+    resumed, resumed_model = fit_mlp(root, ckpt_path=str(saved), logger=resumed_metrics)
     assert (resumed.current_epoch, resumed.global_step) == (whole.current_epoch, whole.global_step) == (2, 60)
     for (name, a), b in zip(whole_model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), name
     assert resumed.callback_metrics["val/acc"] == whole.callback_metrics["val/acc"]
+    # the epoch it resumed in logs the mean over all of its batches, those before the interruption included
+    # (killed at step 31, the newest checkpoint is the one written after epoch 0's validation: epoch 1 starts afresh)
+    first_epoch = state["epoch"] + (1 if (how, at) == ("sigkill", 31) else 0)
+    per_epoch = resumed_metrics.train_metrics_per_epoch()
+    assert per_epoch == {e: v for e, v in whole_metrics.train_metrics_per_epoch().items() if e >= first_epoch}
 
 
 def test_last_resolves_to_the_newest_run(tmp_path: Path) -> None:
@@ -500,6 +532,19 @@ def test_a_diverging_run_stops_at_the_step_the_loss_went_nan(tmp_path: Path) -> 
     with pytest.raises(NonFiniteLossError, match=rf"training loss became (nan|inf) at step {first_bad} \(epoch 0"):
         diverge(FiniteLossGuard(), guarded)
     assert len(guarded.losses) < 20
+
+
+def test_losses_collected_on_an_accelerator_are_checked_together_and_name_the_first_bad_step() -> None:
+    guard = FiniteLossGuard(check_every_n_steps=4)
+    trainer = SimpleNamespace(lightning_module=SimpleNamespace(hparams=SimpleNamespace(lr=0.5)))
+    guard.losses = [torch.tensor(v) for v in (0.7, 0.6, float("inf"), float("nan"))]
+    guard.where = [(10, 1, 3), (11, 1, 4), (12, 1, 5), (13, 1, 6)]
+    with pytest.raises(NonFiniteLossError, match=r"became inf at step 12 \(epoch 1, batch 5\).*model.lr=0.5"):
+        guard.check(trainer)
+    assert guard.losses == [] and guard.where == []
+    guard.losses, guard.where = [torch.tensor(0.5)], [(14, 1, 7)]
+    guard.check(trainer)  # finite: nothing happens and the next steps start a new collection
+    assert guard.losses == []
 
 
 @pytest.mark.slow

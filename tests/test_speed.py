@@ -238,8 +238,10 @@ def test_benchmark_tiny_mode_writes_its_table(tmp_path: Path) -> None:
     assert {"mlp_128_64", "convnet"} <= set(measured)
     for row in measured.values():
         assert row["fit_epoch_s"] > 0 and row["plain_epoch_s"] > 0 and row["fit_inference_images_per_s"] > 0
+        assert row["bare_epoch_s"] > 0
+        assert row["bare_ratio"] == pytest.approx(row["bare_epoch_s"] / row["plain_epoch_s"])
         assert f"| {row['name']} | {row['params']:,} |" in table
     vit = next(m for m in report["models"] if m["name"] == "vit")
     assert not vit["skipped"] or f"vit: skipped: {vit['skipped']}" in result.stdout
     assert len(report["speedrun"]["test_acc"]) == 1 and report["torchvision_loader"]["images"] > 0
-    assert "Speedrun" in table and "torchvision DataLoader" in table
+    assert "Speedrun" in table and "torchvision DataLoader" in table and "| bare / plain |" in table

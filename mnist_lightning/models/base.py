@@ -65,6 +65,13 @@ class TrainingSums:
             self.loss, self.correct = loss, correct
         self.count += len(labels)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "correct": self.correct, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.count = state["count"]
+        self.loss, self.correct = (t.to(device) if t is not None else None for t in (state["loss"], state["correct"]))
+
 
 class MNISTClassifier(L.LightningModule):
     """Cross-entropy training of ``self.net`` (set by subclasses) with per-stage torchmetrics.
@@ -107,6 +114,7 @@ class MNISTClassifier(L.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = SampleMean(), SampleMean(), SampleMean()
         self.train_acc = SampleMean()
         self.train_sums = TrainingSums()
+        self._restored_sums: dict[str, Any] | None = None
         # validate_args=False: the argument checks call torch.unique, a device sync on every update
         self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
@@ -126,6 +134,14 @@ class MNISTClassifier(L.LightningModule):
         if self.hparams.get("compile") and getattr(self.net, "_compiled_call_impl", None) is None:
             self.net.compile()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name twice around every hook it calls, dozens of times per step, and
+        # nn.Module.__setattr__ (which looks for parameters, buffers and submodules first) takes ~10x longer
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     @property
     def num_parameters(self) -> int:
         """Number of trainable parameters of the network."""
@@ -134,6 +150,10 @@ class MNISTClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         # the sanity check must not count towards the best validation accuracy
         self.val_acc_best.reset()
+        if self._restored_sums is not None:
+            # Lightning resumes an epoch without calling on_train_epoch_start: the sums go on from the checkpoint's
+            self.train_sums.load_state_dict(self._restored_sums, self.device)
+            self._restored_sums = None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
@@ -147,11 +167,19 @@ class MNISTClassifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         sums = self.train_sums
-        if sums.count:
-            self.train_loss.update(sums.loss / sums.count, sums.count)
-            self.train_acc.update(sums.correct / sums.count, sums.count)
+        if not sums.count:  # no training batch this epoch (resumed after its last one from an older checkpoint)
+            return
+        self.train_loss.update(sums.loss / sums.count, sums.count)
+        self.train_acc.update(sums.correct / sums.count, sums.count)
         self.log("train/loss", self.train_loss, prog_bar=True)
         self.log("train/acc", self.train_acc)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a run resumed in the middle of this epoch then logs the mean over all of its batches
+        checkpoint["train_sums"] = self.train_sums.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_sums = checkpoint.get("train_sums")
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         images, labels = batch
