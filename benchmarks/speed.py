@@ -113,7 +113,9 @@ class BareClassifier(L.LightningModule):
         return self.build_optimizer()
 
 
-def bare_training(source: MNISTClassifier, dm: MNISTDataModule, trainer: L.Trainer, epochs: int) -> list[float]:
+def bare_training(
+    source: MNISTClassifier, dm: MNISTDataModule, trainer: L.Trainer, epochs: int, *callbacks: L.Callback
+) -> list[float]:
     """Seconds per epoch of ``BareClassifier(source)`` trained on ``dm`` by a bare Trainer like ``trainer``."""
     timer = TrainTimer()
     bare_trainer = L.Trainer(
@@ -127,7 +129,7 @@ def bare_training(source: MNISTClassifier, dm: MNISTDataModule, trainer: L.Train
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=[timer, *callbacks],
     )
     bare_trainer.fit(BareClassifier(source), datamodule=dm)
     return timer.epoch_seconds
@@ -137,26 +139,48 @@ def plain_normalize(images: Tensor) -> Tensor:
     return (images.unsqueeze(1).float() / 255 - MEAN) / STD
 
 
-def plain_training(
-    net: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor, batch_size: int, epochs: int
-) -> list[float]:
-    """The floor: shuffle, slice, normalize, forward, cross-entropy, backward, step. Seconds per epoch."""
-    device = images.device
-    seconds = []
-    net.train()
-    for epoch in range(epochs):
+class PlainLoop:
+    """The floor: shuffle, slice, normalize, forward, cross-entropy, backward, step, over tensors on the device."""
+
+    def __init__(
+        self, net: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor, batch_size: int
+    ) -> None:
+        self.net, self.optimizer = net, optimizer
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.epoch_seconds: list[float] = []
+
+    @torch.enable_grad()
+    def train_epoch(self) -> float:
+        """One epoch; its seconds, also appended to ``epoch_seconds``."""
+        images, labels, device = self.images, self.labels, self.images.device
+        self.net.train()
         synchronize(device)
         start = time.perf_counter()
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch)).to(device)
-        for first in range(0, len(labels), batch_size):
-            index = order[first : first + batch_size]
-            loss = F.cross_entropy(net(plain_normalize(images[index])), labels[index])
-            optimizer.zero_grad()
+        seed = len(self.epoch_seconds)
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(device)
+        for first in range(0, len(labels), self.batch_size):
+            index = order[first : first + self.batch_size]
+            loss = F.cross_entropy(self.net(plain_normalize(images[index])), labels[index])
+            self.optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
         synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        self.epoch_seconds.append(time.perf_counter() - start)
+        return self.epoch_seconds[-1]
+
+
+class PlainEpochAfterEach(L.Callback):
+    """Runs one epoch of ``plain`` after every training epoch of the Trainer it is attached to.
+
+    Trainer epochs and plain epochs then alternate, so a machine that speeds up or slows down meanwhile (a shared
+    CPU does) affects both alike.
+    """
+
+    def __init__(self, plain: PlainLoop) -> None:
+        self.plain = plain
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.plain.train_epoch()
 
 
 @torch.no_grad()
@@ -191,31 +215,25 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
             [*args, f"--trainer.max_epochs={opts.epochs}", "--trainer.num_sanity_val_steps=0", *limits], Path(workdir)
         )
         model, dm, trainer = cli.model, cli.datamodule, cli.trainer
-        # the same initial weights for all four runs
-        plain_before, plain_after, bare_source = (copy.deepcopy(model) for _ in range(3))
         device = trainer.strategy.root_device
+        plain_model, bare_source = copy.deepcopy(model).to(device), copy.deepcopy(model)  # the same initial weights
         dm.setup("fit")
         num_batches = min(len(dm.train_dataloader()), opts.train_batches or len(dm.train_dataloader()))
         images, labels = (t[: num_batches * dm.batch_size].to(device) for t in dm.splits["train"])
+        plain = PlainLoop(plain_model.net, plain_model.build_optimizer(), images, labels, dm.batch_size)
 
-        def plain(source: MNISTClassifier) -> list[float]:
-            source.to(device)
-            return plain_training(source.net, source.build_optimizer(), images, labels, dm.batch_size, opts.epochs)
-
-        # the plain loop runs before and after fit, so a machine that slows down or speeds up meanwhile is seen
-        plain_seconds = plain(plain_before)
+        # a plain epoch after each fit epoch and after each bare-Lightning epoch
         timer, eval_timer = TrainTimer(), EvalTimer()
-        trainer.callbacks.extend([timer, eval_timer])
+        trainer.callbacks.extend([timer, eval_timer, PlainEpochAfterEach(plain)])
         trainer.fit(model, datamodule=dm)
         trainer.test(model, datamodule=dm, verbose=False)
-        plain_seconds = [steady_epoch(plain_seconds), steady_epoch(plain(plain_after))]
-        bare_s = steady_epoch(bare_training(bare_source, dm, trainer, opts.epochs))
+        bare_s = steady_epoch(bare_training(bare_source, dm, trainer, opts.epochs, PlainEpochAfterEach(plain)))
         test_images = dm.splits["test"][0].to(device)
         if opts.tiny:
             test_images = test_images[: 3 * dm.eval_batch_size]
-        plain_inference_rate = plain_inference(plain_after.net, test_images, dm.eval_batch_size)
+        plain_inference_rate = plain_inference(plain_model.net, test_images, dm.eval_batch_size)
 
-    fit_s, plain_s = steady_epoch(timer.epoch_seconds), min(plain_seconds)
+    fit_s, plain_s = steady_epoch(timer.epoch_seconds), steady_epoch(plain.epoch_seconds)
     result = ModelResult(
         name=name,
         source=source,
@@ -331,11 +349,12 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "`fit`: the Trainer the CLI builds from the preset (progress bar and checkpointing as configured, logger off),"
         " timing the training batches of each epoch (validation excluded). `plain`: a hand-written loop over the"
-        " same tensors with the same model, initial weights, batch size and optimizer, run before and after `fit` (the"
-        " faster of the two counts). `bare Lightning`: the same network, optimizer and data module trained by a"
-        " Trainer with no callbacks, logger, checkpointing or progress bar, and a LightningModule with only a"
-        " cross-entropy `training_step` (no metrics): what Lightning's own loop costs. Each reports its fastest epoch"
-        " after the first (the first pays for warm-up)."
+        " same tensors with the same model, initial weights, batch size and optimizer. `bare Lightning`: the same"
+        " network, optimizer and data module trained by a Trainer with no callbacks, logger, checkpointing or"
+        " progress bar, and a LightningModule with only a cross-entropy `training_step` (no metrics): what"
+        " Lightning's own loop costs. One plain epoch runs after each epoch of `fit` and of `bare Lightning`, so"
+        " they alternate and see the same machine. Each reports its fastest epoch after the first (the first pays"
+        " for warm-up)."
         + (
             f" Training was limited to {report['train_batches']} batches per epoch: s/epoch is for those batches."
             if report["train_batches"]
