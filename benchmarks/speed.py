@@ -60,6 +60,7 @@ class ModelResult:
     ratio: float = 0.0
     bare_epoch_s: float = 0.0
     bare_ratio: float = 0.0
+    epoch_seconds: dict[str, list[float]] = field(default_factory=dict)
     fit_inference_images_per_s: float = 0.0
     plain_inference_images_per_s: float = 0.0
     skipped: str = ""
@@ -178,9 +179,10 @@ class PlainEpochAfterEach(L.Callback):
 
     def __init__(self, plain: PlainLoop) -> None:
         self.plain = plain
+        self.epoch_seconds: list[float] = []  # of the plain epochs run by this callback
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.plain.train_epoch()
+        self.epoch_seconds.append(self.plain.train_epoch())
 
 
 @torch.no_grad()
@@ -222,18 +224,20 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         images, labels = (t[: num_batches * dm.batch_size].to(device) for t in dm.splits["train"])
         plain = PlainLoop(plain_model.net, plain_model.build_optimizer(), images, labels, dm.batch_size)
 
-        # a plain epoch after each fit epoch and after each bare-Lightning epoch
+        # a plain epoch after each fit epoch and after each bare-Lightning epoch; each is compared with its own
         timer, eval_timer = TrainTimer(), EvalTimer()
-        trainer.callbacks.extend([timer, eval_timer, PlainEpochAfterEach(plain)])
+        plain_beside_fit, plain_beside_bare = PlainEpochAfterEach(plain), PlainEpochAfterEach(plain)
+        trainer.callbacks.extend([timer, eval_timer, plain_beside_fit])
         trainer.fit(model, datamodule=dm)
         trainer.test(model, datamodule=dm, verbose=False)
-        bare_s = steady_epoch(bare_training(bare_source, dm, trainer, opts.epochs, PlainEpochAfterEach(plain)))
+        bare_epoch_seconds = bare_training(bare_source, dm, trainer, opts.epochs, plain_beside_bare)
+        bare_s = steady_epoch(bare_epoch_seconds)
         test_images = dm.splits["test"][0].to(device)
         if opts.tiny:
             test_images = test_images[: 3 * dm.eval_batch_size]
         plain_inference_rate = plain_inference(plain_model.net, test_images, dm.eval_batch_size)
 
-    fit_s, plain_s = steady_epoch(timer.epoch_seconds), steady_epoch(plain.epoch_seconds)
+    fit_s, plain_s = steady_epoch(timer.epoch_seconds), steady_epoch(plain_beside_fit.epoch_seconds)
     result = ModelResult(
         name=name,
         source=source,
@@ -247,7 +251,13 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         plain_images_per_s=len(labels) / plain_s,
         ratio=fit_s / plain_s,
         bare_epoch_s=bare_s,
-        bare_ratio=bare_s / plain_s,
+        bare_ratio=bare_s / steady_epoch(plain_beside_bare.epoch_seconds),
+        epoch_seconds={
+            "fit": timer.epoch_seconds,
+            "plain_beside_fit": plain_beside_fit.epoch_seconds,
+            "bare": bare_epoch_seconds,
+            "plain_beside_bare": plain_beside_bare.epoch_seconds,
+        },
         fit_inference_images_per_s=len(test_images) / eval_timer.seconds,
         plain_inference_images_per_s=plain_inference_rate,
     )
@@ -353,8 +363,8 @@ def markdown(report: dict[str, Any]) -> str:
         " network, optimizer and data module trained by a Trainer with no callbacks, logger, checkpointing or"
         " progress bar, and a LightningModule with only a cross-entropy `training_step` (no metrics): what"
         " Lightning's own loop costs. One plain epoch runs after each epoch of `fit` and of `bare Lightning`, so"
-        " they alternate and see the same machine. Each reports its fastest epoch after the first (the first pays"
-        " for warm-up)."
+        " they alternate and see the same machine; each is compared with the plain epochs beside it. Each reports its"
+        " fastest epoch after the first (the first pays for warm-up); `speed.json` has every epoch."
         + (
             f" Training was limited to {report['train_batches']} batches per epoch: s/epoch is for those batches."
             if report["train_batches"]
