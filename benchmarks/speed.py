@@ -115,15 +115,16 @@ class BareClassifier(L.LightningModule):
 
 
 def bare_training(
-    source: MNISTClassifier, dm: MNISTDataModule, trainer: L.Trainer, epochs: int, *callbacks: L.Callback
+    source: MNISTClassifier, dm: MNISTDataModule, trainer: L.Trainer, *callbacks: L.Callback
 ) -> list[float]:
-    """Seconds per epoch of ``BareClassifier(source)`` trained on ``dm`` by a bare Trainer like ``trainer``."""
+    """Seconds per epoch of ``BareClassifier(source)`` trained on ``dm`` by a bare Trainer with the device,
+    precision, epochs and batch limit of ``trainer``."""
     timer = TrainTimer()
     bare_trainer = L.Trainer(
         accelerator=trainer.accelerator,
         devices=1,
         precision=trainer.precision,
-        max_epochs=epochs,
+        max_epochs=trainer.max_epochs,
         limit_train_batches=trainer.limit_train_batches,
         limit_val_batches=0,
         logger=False,
@@ -148,17 +149,17 @@ class PlainLoop:
     ) -> None:
         self.net, self.optimizer = net, optimizer
         self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.epoch_seconds: list[float] = []
+        self.epochs_done = 0  # seeds each epoch's shuffle
 
     @torch.enable_grad()
     def train_epoch(self) -> float:
-        """One epoch; its seconds, also appended to ``epoch_seconds``."""
+        """Train one epoch; its seconds."""
         images, labels, device = self.images, self.labels, self.images.device
         self.net.train()
         synchronize(device)
         start = time.perf_counter()
-        seed = len(self.epoch_seconds)
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(device)
+        generator = torch.Generator().manual_seed(self.epochs_done)
+        order = torch.randperm(len(labels), generator=generator).to(device)
         for first in range(0, len(labels), self.batch_size):
             index = order[first : first + self.batch_size]
             loss = F.cross_entropy(self.net(plain_normalize(images[index])), labels[index])
@@ -166,8 +167,8 @@ class PlainLoop:
             loss.backward()
             self.optimizer.step()
         synchronize(device)
-        self.epoch_seconds.append(time.perf_counter() - start)
-        return self.epoch_seconds[-1]
+        self.epochs_done += 1
+        return time.perf_counter() - start
 
 
 class PlainEpochAfterEach(L.Callback):
@@ -220,7 +221,8 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         device = trainer.strategy.root_device
         plain_model, bare_source = copy.deepcopy(model).to(device), copy.deepcopy(model)  # the same initial weights
         dm.setup("fit")
-        num_batches = min(len(dm.train_dataloader()), opts.train_batches or len(dm.train_dataloader()))
+        all_batches = len(dm.train_dataloader())
+        num_batches = min(all_batches, opts.train_batches or all_batches)
         images, labels = (t[: num_batches * dm.batch_size].to(device) for t in dm.splits["train"])
         plain = PlainLoop(plain_model.net, plain_model.build_optimizer(), images, labels, dm.batch_size)
 
@@ -230,7 +232,7 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         trainer.callbacks.extend([timer, eval_timer, plain_beside_fit])
         trainer.fit(model, datamodule=dm)
         trainer.test(model, datamodule=dm, verbose=False)
-        bare_epoch_seconds = bare_training(bare_source, dm, trainer, opts.epochs, plain_beside_bare)
+        bare_epoch_seconds = bare_training(bare_source, dm, trainer, plain_beside_bare)
         bare_s = steady_epoch(bare_epoch_seconds)
         test_images = dm.splits["test"][0].to(device)
         if opts.tiny:
