@@ -3,6 +3,7 @@ seeded runs repeat; a diverging run stops; nothing is ever half-written."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -476,6 +477,22 @@ def test_interrupted_fit_resumes_to_the_same_weights(
     first_epoch = state["epoch"] + (1 if (how, at) == ("sigkill", 31) else 0)
     per_epoch = resumed_metrics.train_metrics_per_epoch()
     assert per_epoch == {e: v for e, v in whole_metrics.train_metrics_per_epoch().items() if e >= first_epoch}
+
+
+def test_resuming_after_an_epochs_last_batch_from_a_checkpoint_without_sums_logs_no_nan(tmp_path: Path) -> None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    with pytest.raises(SIGTERMException):
+        fit_mlp(tmp_path, Interrupt(30, "sigterm"))  # saved after epoch 0's last batch, before its end
+    saved = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(saved, weights_only=True)
+    del state["train_sums"]  # as written before the checkpoint held them
+    torch.save(state, saved)
+    recorder = MetricsRecorder()
+    fit_mlp(tmp_path, ckpt_path=str(saved), logger=recorder)
+    per_epoch = recorder.train_metrics_per_epoch()
+    # epoch 0 trains no batch in the resumed run: nothing is known of it, so nothing is logged (not NaN)
+    assert list(per_epoch) == [1] and all(math.isfinite(v) for v in per_epoch[1])
 
 
 def test_last_resolves_to_the_newest_run(tmp_path: Path) -> None:
