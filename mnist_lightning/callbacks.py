@@ -15,6 +15,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from mnist_lightning.errors import MNISTLightningError
+
 
 def write_atomically(path: str | Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it, so no half-written file is ever left."""
@@ -33,7 +35,7 @@ def write_atomically(path: str | Path, text: str) -> None:
         raise
 
 
-class DistributedPredictError(ValueError):
+class DistributedPredictError(MNISTLightningError, ValueError):
     """``predict`` was asked to run on several processes; it writes one CSV from one process."""
 
 

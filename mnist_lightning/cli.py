@@ -18,7 +18,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import mnist_lightning.models  # noqa: F401  (registers every classifier so --model Name resolves)
 from mnist_lightning.callbacks import PredictionWriter, require_single_process
-from mnist_lightning.data import MNISTDataError, MNISTDataModule
+from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.errors import CheckpointError, ConfigError, MNISTLightningError
 from mnist_lightning.media import MediaLogger
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.reliability import FiniteLossGuard, ResumableCheckpoint
@@ -224,7 +225,7 @@ def resolve_preset_args(args: list[str]) -> list[str]:
             presets = ", ".join(
                 sorted(p.stem for p in config_dir().glob("*.yaml") if p.stem not in ("defaults", "sweep"))
             )
-            raise FileNotFoundError(f"config file {value} does not exist; pass a YAML file or a preset: {presets}")
+            raise ConfigError(f"config file {value} does not exist; pass a YAML file or a preset: {presets}")
     return resolved
 
 
@@ -289,10 +290,6 @@ def checkpoint_defaults(args: list[str]) -> dict[str, object]:
     return defaults
 
 
-class CheckpointError(ValueError):
-    """A checkpoint path that is missing, unreadable or not an mnist-lightning checkpoint."""
-
-
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint's tensors and plain data (no arbitrary unpickling), or raise a one-line CheckpointError."""
     path = Path(path)
@@ -323,7 +320,7 @@ def main(args: list[str] | None = None) -> None:
             MNISTLightningCLI(args=args)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)  # the checkpoint callback has said where the state was saved
-    except (MNISTDataError, ValueError, FileNotFoundError) as err:
+    except MNISTLightningError as err:
         if os.environ.get(DEBUG_ENV):
             raise
         print(f"mnist-lightning: error: {summarize_parse_error(str(err))}", file=sys.stderr)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mnist_lightning.errors import ConfigError, MNISTLightningError
+
 MEAN = 0.1307
 STD = 0.3081
 NUM_TRAIN = 60_000
@@ -32,7 +34,7 @@ RAW_FILES: dict[str, tuple[int, int, int, str]] = {
 }
 
 
-class MNISTDataError(RuntimeError):
+class MNISTDataError(MNISTLightningError, RuntimeError):
     """The MNIST files are missing or damaged; the message says which and how to fix it."""
 
 
@@ -162,11 +164,11 @@ def resolve_val_size(num_samples: int, val_size: int | float) -> int:
     """Turn a count or a fraction into a validation count, refusing sizes that leave no training data."""
     if isinstance(val_size, float) and not val_size.is_integer():
         if not 0 < val_size < 1:
-            raise ValueError(f"val_size={val_size} must be a fraction between 0 and 1 or a count; try 0.1 or 5000")
+            raise ConfigError(f"val_size={val_size} must be a fraction between 0 and 1 or a count; try 0.1 or 5000")
         return round(num_samples * val_size)
     count = int(val_size)
     if not 0 < count < num_samples:
-        raise ValueError(
+        raise ConfigError(
             f"val_size={val_size} must be at least 1 and less than the {num_samples:,} training images; try 5000 or 0.1"
         )
     return count
@@ -327,7 +329,7 @@ class MNISTDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}; try 64")
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}; try 64")
         resolve_val_size(NUM_TRAIN, val_size)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -375,11 +377,11 @@ class MNISTDataModule(L.LightningDataModule):
 
         files, digits, failures = load_digits(self.predict_images)
         if not files and len(failures) == 1:
-            raise ValueError(failures[0][1])
+            raise ConfigError(failures[0][1])
         for _, message in failures:
             print(f"mnist-lightning: skipped {message}", file=sys.stderr)
         if not files:
-            raise ValueError(
+            raise ConfigError(
                 f"none of the {len(failures)} images in data.predict_images could be used (see above); "
                 "pass PNG or JPEG files of single digits, or folders holding them"
             )

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from mnist_lightning.cli import MNISTLightningCLI, config_dir, load_checkpoint
 from mnist_lightning.data import MNISTDataModule, normalize
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.base import MNISTClassifier
 
 BUDGET_ENV = "MNIST_LIGHTNING_NOTEBOOK_BUDGET"
@@ -30,7 +31,9 @@ def notebook_budget() -> Budget:
     """``$MNIST_LIGHTNING_NOTEBOOK_BUDGET``: ``full`` (the default, real training) or ``ci`` (a few batches)."""
     budget = os.environ.get(BUDGET_ENV, "full").strip().lower() or "full"
     if budget not in ("ci", "full"):
-        raise ValueError(f"{BUDGET_ENV}={budget!r} is not a budget; use 'full' (real training) or 'ci' (a few batches)")
+        raise ConfigError(
+            f"{BUDGET_ENV}={budget!r} is not a budget; use 'full' (real training) or 'ci' (a few batches)"
+        )
     return budget  # type: ignore[return-value]
 
 
@@ -82,7 +85,7 @@ def fit_preset(
     preset_file = config_dir() / f"{preset}.yaml"
     if not preset_file.is_file():
         names = ", ".join(sorted(p.stem for p in config_dir().glob("*.yaml") if p.stem != "defaults"))
-        raise ValueError(f"no preset {preset!r} in {config_dir()}; choose one of {names}")
+        raise ConfigError(f"no preset {preset!r} in {config_dir()}; choose one of {names}")
     argv, sys.argv = sys.argv, sys.argv[:1]  # a Jupyter kernel's own arguments are not meant for the CLI
     try:
         cli = MNISTLightningCLI(
@@ -122,7 +125,7 @@ def load_classifier(path: str | Path) -> MNISTClassifier:
     hparams = load_checkpoint(path).get("hyper_parameters") or {}
     class_path = hparams.get("_class_path")
     if not class_path:
-        raise ValueError(f"checkpoint {path} names no model class; it was not written by mnist-lightning fit")
+        raise ConfigError(f"checkpoint {path} names no model class; it was not written by mnist-lightning fit")
     module_name, _, class_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     model = cls.load_from_checkpoint(path, map_location="cpu")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from mnist_lightning.data import normalize
+from mnist_lightning.errors import MNISTLightningError
 from mnist_lightning.models.base import MNISTClassifier
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
@@ -28,7 +29,7 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probabilities")
 
 
-class ExportError(ValueError):
+class ExportError(MNISTLightningError, ValueError):
     """The model could not be exported; the message says why."""
 
 

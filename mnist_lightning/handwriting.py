@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnist_lightning.errors import MNISTLightningError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FRAME = 28  # the MNIST image size
 BOX = 20  # the longer side of the digit inside the frame
@@ -21,7 +23,7 @@ MIN_CONTRAST = 32  # grey levels between paper and the darkest ink below which a
 NOISE_FLOOR = 0.2  # ink weaker than this fraction of the strongest ink is paper texture or JPEG noise
 
 
-class ImageInputError(ValueError):
+class ImageInputError(MNISTLightningError, ValueError):
     """One image that cannot be turned into a digit; the message names the file and says why."""
 
 

@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.tracking import run_directory
 
 NUM_CLASSES = 10
@@ -180,7 +181,7 @@ class MediaLogger(Callback):
         num_attention_images: int = 2,
     ) -> None:
         if every_n_epochs < 1:
-            raise ValueError(f"media every_n_epochs must be at least 1, got {every_n_epochs}; use enabled: false")
+            raise ConfigError(f"media every_n_epochs must be at least 1, got {every_n_epochs}; use enabled: false")
         self.enabled = enabled
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples

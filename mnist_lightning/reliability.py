@@ -15,6 +15,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mnist_lightning.errors import ConfigError, MNISTLightningError
+
 
 class ResumableCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, made safe to interrupt.
@@ -36,7 +38,7 @@ class ResumableCheckpoint(ModelCheckpoint):
     def __init__(self, *, last_every_n_train_steps: int = 200, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if last_every_n_train_steps < 0:
-            raise ValueError(f"last_every_n_train_steps must be 0 or more, got {last_every_n_train_steps}; try 200")
+            raise ConfigError(f"last_every_n_train_steps must be 0 or more, got {last_every_n_train_steps}; try 200")
         self.last_every_n_train_steps = last_every_n_train_steps
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
@@ -87,7 +89,7 @@ class ResumableCheckpoint(ModelCheckpoint):
             )
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(MNISTLightningError, ValueError):
     """The training loss became NaN or infinite."""
 
 
@@ -104,7 +106,7 @@ class FiniteLossGuard(Callback):
 
     def __init__(self, *, check_every_n_steps: int = 50) -> None:
         if check_every_n_steps < 1:
-            raise ValueError(f"check_every_n_steps must be at least 1, got {check_every_n_steps}; try 50")
+            raise ConfigError(f"check_every_n_steps must be at least 1, got {check_every_n_steps}; try 50")
         self.check_every_n_steps = check_every_n_steps
         self.losses: list[torch.Tensor] = []
         self.where: list[tuple[int, int, int]] = []  # (global step, epoch, batch index) of each collected loss

@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from mnist_lightning.data import normalize
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.handwriting import ImageInputError, prepare_digit
 from mnist_lightning.models.base import MNISTClassifier
 
@@ -109,7 +110,7 @@ def serve(model: MNISTClassifier, ckpt_path: str | Path, host: str = "127.0.0.1"
     try:
         listener = socket.create_server((host, port), family=select_address_family(host, port))
     except OSError as err:
-        raise ValueError(f"cannot listen on {host}:{port} ({err.strerror or err}); pick another --port") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}); pick another --port") from None
     server = make_server(host, listener.getsockname()[1], app, threaded=True, fd=listener.fileno())
     listener.close()  # the server holds its own duplicate of the socket
     print(f"Serving {ckpt_path} on http://{host}:{server.port}/ (Ctrl+C to stop)", flush=True)

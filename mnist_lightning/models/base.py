@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist_lightning.errors import ConfigError
+
 NUM_CLASSES = 10
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -107,9 +109,9 @@ class MNISTClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}; try 0.001")
+            raise ConfigError(f"lr must be positive, got {lr}; try 0.001")
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+            raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         self.save_hyperparameters()
         self.train_loss, self.val_loss, self.test_loss = SampleMean(), SampleMean(), SampleMean()
         self.train_acc = SampleMean()

@@ -7,6 +7,7 @@ from typing import Any, Literal, TypedDict
 import torch
 from torch import nn
 
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.base import NUM_CLASSES, MNISTClassifier
 
 CONV_BLOCK_KEYS = {"channels", "kernel_size", "padding", "batch_norm", "pool", "dropout"}
@@ -47,16 +48,16 @@ class CNN(nn.Module):
     ) -> None:
         super().__init__()
         if not conv_blocks:
-            raise ValueError("conv_blocks is empty; give at least one block such as {channels: 32, kernel_size: 3}")
+            raise ConfigError("conv_blocks is empty; give at least one block such as {channels: 32, kernel_size: 3}")
         if head_activation not in ("relu", "none"):
-            raise ValueError(f"unknown head_activation {head_activation!r}; choose relu or none")
+            raise ConfigError(f"unknown head_activation {head_activation!r}; choose relu or none")
         layers: list[nn.Module] = []
         channels = 1
         for i, block in enumerate(conv_blocks):
             unknown = set(block) - CONV_BLOCK_KEYS
             if unknown or "channels" not in block:
                 problem = f"unknown keys {sorted(unknown)}" if unknown else "no 'channels'"
-                raise ValueError(f"conv_blocks[{i}] has {problem}; allowed keys: {', '.join(sorted(CONV_BLOCK_KEYS))}")
+                raise ConfigError(f"conv_blocks[{i}] has {problem}; allowed keys: {', '.join(sorted(CONV_BLOCK_KEYS))}")
             out = int(block["channels"])
             layers.append(nn.Conv2d(channels, out, block.get("kernel_size", 3), padding=block.get("padding", 0)))
             if block.get("batch_norm", False):

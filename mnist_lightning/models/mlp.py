@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.base import NUM_CLASSES, MNISTClassifier
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -24,7 +25,7 @@ class MLP(nn.Sequential):
         self, hidden_sizes: list[int], activation: str = "relu", dropout: float = 0.0, batch_norm: bool = False
     ) -> None:
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         layers: list[nn.Module] = [nn.Flatten()]
         width = 28 * 28
         for size in hidden_sizes:

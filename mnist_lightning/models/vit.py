@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.base import NUM_CLASSES, MNISTClassifier
 
 IMAGE_SIDE = 28
@@ -19,7 +20,7 @@ def check_patch_size(patch_size: int) -> int:
     """The number of patches of a 28×28 image, or a ValueError if ``patch_size`` does not tile it."""
     if patch_size < 1 or IMAGE_SIDE % patch_size:
         divisors = ", ".join(str(d) for d in range(1, IMAGE_SIDE + 1) if IMAGE_SIDE % d == 0)
-        raise ValueError(
+        raise ConfigError(
             f"patch_size={patch_size} does not divide the {IMAGE_SIDE}-pixel image side; choose one of {divisors}"
         )
     return (IMAGE_SIDE // patch_size) ** 2
@@ -123,7 +124,7 @@ class ViT(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         self.embedding = PatchEmbedding(patch_size=patch_size, dim=dim)
         self.blocks = nn.ModuleList(
             TransformerBlock(

@@ -1,0 +1,24 @@
+"""The errors a user can cause. ``mnist-lightning`` turns every one of them into one line on stderr.
+
+Anything else that escapes a command is a bug and keeps its traceback. Each class also derives from the built-in
+exception that Python code calling the package would expect (``ValueError``, ``OSError``), so ``except
+ValueError`` around, say, ``MLPClassifier(lr=-1)`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class MNISTLightningError(Exception):
+    """Base class of every error that a user's input or environment causes (not a bug): one line, no traceback."""
+
+
+class ConfigError(MNISTLightningError, ValueError):
+    """A setting that is out of range or does not fit the others; the message names it and a value that works."""
+
+
+class CheckpointError(MNISTLightningError, ValueError):
+    """A checkpoint that is missing, unreadable, not an mnist-lightning checkpoint, or does not fit the model."""
+
+
+class OutputPathError(MNISTLightningError, OSError):
+    """An output file or folder that cannot be written (read-only, a file in the way, a full disk, ...)."""
