@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,23 +14,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mnist_lightning.errors import MNISTLightningError
-
-
-def write_atomically(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it, so no half-written file is ever left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result should look like any other written file
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from mnist_lightning.outputs import write_atomically
 
 
 class DistributedPredictError(MNISTLightningError, ValueError):
@@ -58,7 +40,13 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output: str = "predictions.csv") -> None:
         super().__init__(write_interval="epoch")
         self.output = output
+        self.output_path: Path | None = None  # checked before predicting (see MNISTLightningCLI.before_predict)
         self.written: Path | None = None
+
+    def resolve(self, root: str | Path) -> Path:
+        """The CSV file: ``output`` itself when absolute, else under ``root`` (the trainer's default_root_dir)."""
+        path = Path(self.output)
+        return path if path.is_absolute() else Path(root) / path
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "predict":
@@ -82,9 +70,7 @@ class PredictionWriter(BasePredictionWriter):
                 f"{i},{row.argmax().item()}," + ",".join(f"{p:.6f}" for p in row.tolist())
                 for i, row in enumerate(probs)
             ]
-        path = Path(self.output)
-        if not path.is_absolute():
-            path = Path(trainer.default_root_dir) / path
+        path = self.output_path or self.resolve(trainer.default_root_dir)
         write_atomically(path, "\n".join([header, *rows]) + "\n")
         self.written = path
         print(f"Predictions for {len(rows):,} images written to {path}", file=sys.stderr)

@@ -2,36 +2,62 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
 import sys
 import warnings
+from argparse import Namespace
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
-from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+import yaml
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-import mnist_lightning.models  # noqa: F401  (registers every classifier so --model Name resolves)
 from mnist_lightning.callbacks import PredictionWriter, require_single_process
+from mnist_lightning.checkpoints import (
+    CheckpointInfo,
+    check_data_settings,
+    check_model_fits,
+    check_settings,
+    classifier_class,
+    classifier_classes,
+    find_last,
+    inspect_checkpoint,
+    known_class_paths,
+    read_checkpoint,
+)
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import CheckpointError, ConfigError, MNISTLightningError
 from mnist_lightning.media import MediaLogger
-from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.reliability import FiniteLossGuard, ResumableCheckpoint
-from mnist_lightning.tracking import SaveConfigToRun, newest_last_checkpoint, resume_run
+from mnist_lightning.models import MNISTClassifier
+from mnist_lightning.outputs import ensure_writable_file, ensure_writable_folder
+from mnist_lightning.reliability import (
+    AtomicCheckpointIO,
+    FiniteLossGuard,
+    ResumableCheckpoint,
+    RunLock,
+    interrupted_by,
+)
+from mnist_lightning.runs import PROJECT_FOLDER, new_run_id, run_directory
+from mnist_lightning.tracking import SaveConfigToRun, is_wandb_logger_config
 
 DEBUG_ENV = "MNIST_LIGHTNING_DEBUG"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # redrawing the bar every step costs more than a small MLP's step; a configured progress bar callback wins
 PROGRESS_BAR_REFRESH_STEPS = 20
+# stands in for "no model given" while the command line is first parsed: the checkpoint may supply the model
+MODEL_PLACEHOLDER = {"class_path": "mnist_lightning.models.base.MNISTClassifier"}
 
 # batch indices are not needed: predictions come back in the order of the (unshuffled) split
 warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+# every epoch's metrics are logged at its end whatever log_every_n_steps says: on short runs this tip is noise
+warnings.filterwarnings("ignore", message=".*is smaller than the logging interval")
 
 
 class HideAdvertisement(logging.Filter):
@@ -48,6 +74,11 @@ def config_dir() -> Path:
     """The presets folder: packaged with a wheel install, the repository's ``configs/`` otherwise."""
     packaged = Path(__file__).parent / "configs"
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "configs"
+
+
+def preset_names() -> list[str]:
+    """The presets ``--config NAME`` accepts."""
+    return sorted(p.stem for p in config_dir().glob("*.yaml") if p.stem not in ("defaults", "sweep"))
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -72,7 +103,7 @@ def summarize_parse_error(message: str) -> str:
         (line.split(":", 1)[1].strip() for line in lines if line.startswith("Expected a dot import path")), None
     )
     if unknown is not None:
-        names = ", ".join(sorted(cls.__name__ for cls in model_classes()))
+        names = ", ".join(cls.__name__ for cls in classifier_classes())
         return f"unknown model {unknown!r}; choose one of {names} (or a full class path)"
     keys = [i for i, line in enumerate(lines) if line.startswith("Parser key") and line.endswith(":")]
     if keys and keys[-1] + 1 < len(lines) and (keys[-1] > 0 or "Errors:" not in lines):
@@ -85,40 +116,33 @@ def summarize_parse_error(message: str) -> str:
     return lines[0]
 
 
-def model_classes() -> list[type[MNISTClassifier]]:
-    """Every concrete classifier that ``--model`` accepts."""
-    found, todo = [], [MNISTClassifier]
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        if cls is not MNISTClassifier:
-            found.append(cls)
-    return found
-
-
 class MNISTLightningCLI(LightningCLI):
-    """LightningCLI over every :class:`MNISTClassifier` and the :class:`MNISTDataModule`."""
+    """LightningCLI over every :class:`MNISTClassifier` and the :class:`MNISTDataModule`.
 
-    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
-        given = sys.argv[1:] if args is None else list(args)
-        resolved = resolve_preset_args(given)
-        if args is not None or resolved != given:
-            args = resolved
-        self.checkpoint_defaults = checkpoint_defaults(resolved)
+    ``MNISTLightningCLI(args=[...], run=False)`` builds the model, data and trainer with the same packaged defaults
+    (seed, W&B logger, ``runs/`` folder) as the console command; with ``--ckpt_path`` the model and its data split
+    come from the checkpoint unless given.
+    """
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        self.checkpoint: CheckpointInfo | None = None
+        self.checkpoint_state: dict[str, Any] | None = None
+        self.run_dir: Path | None = None
+        self.run_lock: RunLock | None = None
+        self.with_subcommands = run
+        defaults = {"default_config_files": [str(config_dir() / "defaults.yaml")]}
+        parser_kwargs: dict[str, Any] = {subcommand: defaults for subcommand in SUBCOMMANDS} if run else dict(defaults)
+        parser_kwargs["epilog"] = (
+            "more commands: serve (a page to draw digits), export (ONNX, TorchScript); see "
+            "'mnist-lightning serve --help' and 'mnist-lightning export --help'"
+        )
         super().__init__(
             MNISTClassifier,
             MNISTDataModule,
             subclass_mode_model=True,
             save_config_callback=SaveConfigToRun,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={
-                **{
-                    subcommand: {"default_config_files": [str(config_dir() / "defaults.yaml")]}
-                    for subcommand in ("fit", "validate", "test", "predict")
-                },
-                "epilog": "more commands: serve (a page to draw digits), export (ONNX, TorchScript); see "
-                "'mnist-lightning serve --help' and 'mnist-lightning export --help'",
-            },
+            parser_kwargs=parser_kwargs,
             auto_configure_optimizers=False,
             parser_class=OneLineErrorParser,
             args=args,
@@ -140,10 +164,137 @@ class MNISTLightningCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(MediaLogger, "media")
         parser.add_lightning_class_args(FiniteLossGuard, "loss_guard")
-        if self.checkpoint_defaults:
-            parser.set_defaults(self.checkpoint_defaults)
 
+    # ----------------------------------------------------------------------------------------------- parsing
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then let the checkpoint named by the *parsed* ``ckpt_path`` supply the model and data settings.
+
+        The first parse finds ``ckpt_path`` and the folders to search for ``last`` however they were given (either
+        spelling on the command line, a ``--config`` file, a preset); the checkpoint's model and data settings then
+        become parser defaults and the same arguments are parsed again, so anything the user gave still wins.
+        """
+        if isinstance(args, (dict, Namespace)):
+            parse = lambda: parser.parse_object(args)  # noqa: E731
+        else:
+            argv = show_model_help(resolve_preset_args(sys.argv[1:] if args is None else list(args)))
+            parse = lambda: parser.parse_args(argv)  # noqa: E731
+        prefixes = [f"{name}." for name in SUBCOMMANDS] if self.with_subcommands else [""]
+        parser.set_defaults({f"{prefix}model": MODEL_PLACEHOLDER for prefix in prefixes})
+        config = parse()
+        subcommand = config.get("subcommand")
+        prefix = f"{subcommand}." if subcommand else ""
+        section = config[subcommand] if subcommand else config
+        follow_root_dir(section)
+        user_model = None if is_placeholder(section.get("model")) else section.model
+
+        ckpt_path = section.get("ckpt_path")
+        if ckpt_path == "last":
+            ckpt_path = self.resolve_last(section, subcommand)
+        defaults: dict[str, Any] = {f"{p}model": None for p in prefixes}
+        if ckpt_path and ckpt_path not in ("best", "hpc") and not str(ckpt_path).startswith("registry:"):
+            self.checkpoint_state = read_checkpoint(ckpt_path)
+            self.checkpoint = info = inspect_checkpoint(ckpt_path, self.checkpoint_state)
+            check_data_settings(info, inspect.signature(MNISTDataModule.__init__).parameters)
+            defaults.update({f"{prefix}data.{key}": value for key, value in info.data_settings.items()})
+            trusted = [user_model.class_path] if user_model is not None else []
+            if user_model is None or same_class(user_model.class_path, info.class_path):
+                cls = classifier_class(info, trusted)
+                check_settings(info, cls)
+                defaults[f"{prefix}model"] = {"class_path": info.class_path, "init_args": info.model_settings}
+        parser.set_defaults(defaults)
+        if self.checkpoint is not None or user_model is None:
+            config = parse()  # a missing model is now the parser's own "required" error
+        section = config[subcommand] if subcommand else config
+        follow_root_dir(section)
+        if ckpt_path != section.get("ckpt_path"):
+            section.ckpt_path = ckpt_path
+        if self.checkpoint is not None and self.checkpoint.wandb_run_id:
+            continue_wandb_run(section, self.checkpoint.wandb_run_id, resume=subcommand != "fit")
+        self.config = config
+
+    def resolve_last(self, section: Namespace, subcommand: str | None) -> str | None:
+        """``--ckpt_path last``: the newest ``last.ckpt`` under the folders this run would write to."""
+        roots = search_roots(section)
+        found = find_last(*roots)
+        where = " or ".join(str(root) for root in dict.fromkeys(roots))
+        if found is None and subcommand == "fit":
+            print(f"No last.ckpt under {where}: starting a new run", file=sys.stderr)
+            return None
+        if found is None:
+            raise CheckpointError(
+                f"--ckpt_path last: no last.ckpt under {where}; pass a .ckpt path, or the run's root with "
+                "--trainer.default_root_dir"
+            )
+        if subcommand == "fit":
+            print(f"Resuming from {found}", file=sys.stderr)
+        return str(found)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI (2.6) would merge the checkpoint's model hyperparameters over the parsed config here, after
+        # parse_arguments, overriding a --model the user gave. parse_arguments above already made the checkpoint's
+        # settings the defaults (the user's values win), so this step must do nothing. No public hook replaces it:
+        # lightning is pinned below 2.7, and tests/test_checkpoints.py fails if LightningCLI stops calling it.
+        return
+
+    # ------------------------------------------------------------------------------------------ instantiation
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
+        callbacks = trainer_config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if trainer_config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
+        scheduled = self.model.hparams.get("scheduler", "none") != "none"
+        monitored = any(isinstance(c, LearningRateMonitor) for c in callbacks)
+        if scheduled and trainer_config.get("logger") and not monitored:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))  # the schedule on the run page
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        kwargs = {"callbacks": callbacks, "plugins": plugins, **kwargs}
+        if self.subcommand == "predict":
+            kwargs.setdefault("logger", False)  # predictions go to a CSV file; a W&B run would stay empty
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as err:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise ConfigError(f"trainer settings rejected: {one_line(str(err))}") from None
+        if self.subcommand != "predict":
+            # Lightning calls every hook of every callback on every step: the writer only works in `predict`
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, PredictionWriter)]
+        return trainer
+
+    def after_instantiate_classes(self) -> None:
+        if self.checkpoint is not None and self.checkpoint_state is not None:
+            check_model_fits(self.checkpoint, self.model, self.checkpoint_state["state_dict"])
+            self.checkpoint_state = None  # the weights are loaded again by Lightning, from the file
+        callback = self.trainer.checkpoint_callback
+        if self.subcommand in (None, "fit"):
+            self.place_run()
+        elif isinstance(callback, ModelCheckpoint) and callback.dirpath is None and self.checkpoint is not None:
+            # evaluating a checkpoint saves nothing: its own folder keeps Lightning from warning "dirpath has changed"
+            callback.dirpath = str(self.checkpoint.path.parent)
+
+    def place_run(self) -> None:
+        """Give this run its own folder ``<root>/<project>/<run id>``, with or without a logger."""
+        callback = self.trainer.checkpoint_callback
+        if self.trainer.logger is None and isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            run_id = self.checkpoint.run_id if self.checkpoint and self.checkpoint.run_id else new_run_id()
+            if self.checkpoint is not None and self.checkpoint.path.parent.name == "checkpoints":
+                folder = self.checkpoint.path.parent.parent  # a resumed run goes on in its own folder
+            else:
+                folder = Path(self.trainer.default_root_dir) / PROJECT_FOLDER / run_id
+            callback.dirpath = str(folder / "checkpoints")
+        self.run_dir = Path(run_directory(self.trainer))
+
+    # ------------------------------------------------------------------------------------------- subcommands
     def before_fit(self) -> None:
+        self.check_outputs()
+        if self.trainer.is_global_zero and self.run_dir is not None and os.environ.get("LOCAL_RANK", "0") == "0":
+            self.run_lock = RunLock(self.run_dir)
         self.prepare_data_before_launch()
 
     def before_validate(self) -> None:
@@ -154,6 +305,24 @@ class MNISTLightningCLI(LightningCLI):
 
     def before_predict(self) -> None:
         require_single_process(self.trainer.world_size)
+        writer = next((c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)), None)
+        if writer is not None:
+            writer.output_path = ensure_writable_file(
+                writer.resolve(self.trainer.default_root_dir), "--predictions.output"
+            )
+
+    def check_outputs(self) -> None:
+        """Before an hour of training: every folder this run will write to can be written."""
+        if not self.trainer.is_global_zero:
+            return
+        if self.run_dir is not None:
+            ensure_writable_folder(self.run_dir, "the run folder (--trainer.default_root_dir)")
+        callback = self.trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            ensure_writable_folder(callback.dirpath, "the checkpoint folder (--checkpoint.dirpath)")
+        for logger in self.trainer.loggers:
+            if logger.save_dir:
+                ensure_writable_folder(logger.save_dir, "the logger's folder (--trainer.logger.init_args.save_dir)")
 
     def prepare_data_before_launch(self) -> None:
         """With several processes, fetch and check the data in rank 0 before Lightning starts the others.
@@ -164,49 +333,66 @@ class MNISTLightningCLI(LightningCLI):
         if self.trainer.world_size > 1 and self.trainer.is_global_zero:
             self.datamodule.prepare_data()
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        given = config.get("callbacks") or []
-        configured = [*(given if isinstance(given, list) else [given]), *callbacks]
-        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
-            callbacks = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)]
-        if self.subcommand != "predict":
-            # Lightning calls every hook of every callback on every step: the writer only works in `predict`
-            callbacks = [c for c in callbacks if not isinstance(c, PredictionWriter)]
-        return super()._instantiate_trainer(config, callbacks)
 
-    def _parse_ckpt_path(self) -> None:
-        # Replaces LightningCLI's merge of the checkpoint's hyperparameters over the parsed config, which would
-        # silently drop a --model given on the command line: here they are parser defaults (checkpoint_defaults),
-        # and a model that does not fit the checkpoint is refused after it is built. Before anything is built:
-        # find `last`, refuse an unreadable checkpoint, and load tensors only.
-        if not self.config.get("subcommand"):
+def is_placeholder(model: Any) -> bool:
+    return model is None or str(getattr(model, "class_path", "")).rsplit(".", 1)[-1] == "MNISTClassifier"
+
+
+def same_class(a: str, b: str) -> bool:
+    """Two class paths of the same class (jsonargparse shortens paths: ``mnist_lightning.MLPClassifier``)."""
+    known = known_class_paths()
+    return a == b or (a in known and known[a] is known.get(b))
+
+
+def follow_root_dir(section: Namespace) -> None:
+    """A W&B logger without its own ``save_dir`` writes under ``trainer.default_root_dir``: one root for a run."""
+    root = section.get("trainer.default_root_dir") or "."
+    for logger in logger_configs(section):
+        if is_wandb_logger_config(logger) and not logger.get("init_args.save_dir") and not logger.get("init_args.dir"):
+            logger["init_args.save_dir"] = str(root)
+
+
+def search_roots(section: Namespace) -> list[Path]:
+    """Where ``--ckpt_path last`` looks: the checkpoint folder if given, else the root (and a logger's own folder)."""
+    if section.get("checkpoint.dirpath"):
+        return [Path(section.get("checkpoint.dirpath"))]
+    roots = [Path(section.get("trainer.default_root_dir") or ".")]
+    for logger in logger_configs(section):
+        save_dir = logger.get("init_args.save_dir") or logger.get("init_args.dir")
+        if save_dir:
+            roots.append(Path(save_dir))
+    return roots
+
+
+def logger_configs(section: Namespace) -> list[Namespace]:
+    logger = section.get("trainer.logger")
+    loggers = logger if isinstance(logger, list) else [logger]
+    return [lg for lg in loggers if isinstance(lg, (Namespace, dict)) and lg.get("class_path")]
+
+
+def continue_wandb_run(section: Namespace, run_id: str, resume: bool) -> None:
+    """Log to the W&B run that wrote the checkpoint: ``fit`` continues it, ``validate``/``test`` add to it."""
+    for logger in logger_configs(section):
+        if not is_wandb_logger_config(logger):
+            continue
+        if logger.get("init_args.id") or logger.get("init_args.version"):
             return
-        subcommand = self.config.subcommand
-        config = self.config[subcommand]
-        if subcommand == "fit":
-            resume_run(config)  # resolves `last` and continues the W&B run that wrote the checkpoint
-        elif config.get("ckpt_path") == "last":
-            found = newest_last_checkpoint(Path(config.trainer.default_root_dir or "."))
-            if found is None:
-                raise CheckpointError(
-                    f"--ckpt_path last: no last.ckpt under {config.trainer.default_root_dir}; pass a .ckpt path"
-                )
-            config.ckpt_path = str(found)
-        if config.get("ckpt_path") not in (None, "best", "hpc") and not str(config.ckpt_path).startswith("registry:"):
-            load_checkpoint(config.ckpt_path)
-        if "weights_only" in config and config.weights_only is None:
-            config.weights_only = True
+        logger["init_args.id"] = run_id
+        if resume:
+            logger["init_args.resume"] = "allow"
 
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        path = config.get("ckpt_path")
-        if path and Path(path).is_file():
-            check_checkpoint_matches_model(path, self.model)
+
+def one_line(message: str) -> str:
+    """The first sentence-bearing line of a (possibly many-line) library message."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return " ".join(lines[:2])[:400] if lines else message
 
 
 def resolve_preset_args(args: list[str]) -> list[str]:
-    """Let ``--config NAME`` name a preset in ``configs/``; a config file that is nowhere gets a one-line error."""
+    """Let ``--config NAME`` name a preset in ``configs/``; check that every config file is readable YAML.
+
+    A config file that is nowhere, or whose YAML is broken, gets a one-line error naming the file (and the line).
+    """
     resolved = list(args)
     for i, arg in enumerate(resolved):
         if arg == "--config" and i + 1 < len(resolved):
@@ -215,97 +401,46 @@ def resolve_preset_args(args: list[str]) -> list[str]:
             index, value, prefix = i, arg.split("=", 1)[1], "--config="
         else:
             continue
-        if value.lstrip().startswith(("{", "[")) or Path(value).is_file():
+        if value.lstrip().startswith(("{", "[")):
             continue
-        for candidate in (config_dir() / value, config_dir() / f"{value}.yaml"):
-            if candidate.is_file():
-                resolved[index] = prefix + str(candidate)
-                break
-        else:
-            presets = ", ".join(
-                sorted(p.stem for p in config_dir().glob("*.yaml") if p.stem not in ("defaults", "sweep"))
-            )
-            raise ConfigError(f"config file {value} does not exist; pass a YAML file or a preset: {presets}")
+        path = Path(value)
+        if not path.is_file():
+            candidates = (config_dir() / value, config_dir() / f"{value}.yaml")
+            path = next((c for c in candidates if c.is_file()), None)
+            if path is None:
+                raise ConfigError(
+                    f"config file {value} does not exist; pass a YAML file or a preset: {', '.join(preset_names())}"
+                )
+            resolved[index] = prefix + str(path)
+        check_yaml_file(path)
     return resolved
 
 
-def check_checkpoint_matches_model(path: str | Path, model: MNISTClassifier) -> None:
-    """Refuse, in one line naming both, a checkpoint whose architecture is not the one of ``model``."""
-    checkpoint = load_checkpoint(path)
-    hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
-    saved_class = str((checkpoint.get("hyper_parameters") or {}).get("_class_path", "?")).rsplit(".", 1)[-1]
-    given_class = type(model).__name__
-    saved_shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
-    given_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if saved_class == given_class and saved_shapes == given_shapes:
-        return
-    fix = "leave out --model and the model config to use the checkpoint's own, or pass a checkpoint of this model"
-    if saved_class != given_class:
-        raise CheckpointError(f"checkpoint {path} holds a {saved_class}, but the model given is a {given_class}; {fix}")
-    given = {k: v for k, v in model.hparams.items() if not k.startswith("_")}
-    differ = sorted(k for k in hparams.keys() | given.keys() if hparams.get(k) != given.get(k))
-    if differ:
-        mine = ", ".join(f"{k}={hparams.get(k)!r}" for k in differ)
-        theirs = ", ".join(f"{k}={given.get(k)!r}" for k in differ)
-        raise CheckpointError(
-            f"checkpoint {path} holds {saved_class}({mine}), but the model given is {given_class}({theirs}); {fix}"
-        )
-    key = next(k for k in saved_shapes.keys() | given_shapes.keys() if saved_shapes.get(k) != given_shapes.get(k))
-    raise CheckpointError(
-        f"checkpoint {path} does not fit {given_class}: {key} is {saved_shapes.get(key)} in the checkpoint and "
-        f"{given_shapes.get(key)} in the model; {fix}"
-    )
-
-
-def checkpoint_defaults(args: list[str]) -> dict[str, object]:
-    """Model and data settings stored in the checkpoint named by ``--ckpt_path``, as parser defaults.
-
-    With them ``test --ckpt_path X`` rebuilds the model that wrote X (and its train/validation split) without
-    ``--model`` or a config; anything given on the command line or in a config still wins.
-    """
-    path = None
-    for i, arg in enumerate(args):
-        if arg == "--ckpt_path" and i + 1 < len(args):
-            path = args[i + 1]
-        elif arg.startswith("--ckpt_path="):
-            path = arg.split("=", 1)[1]
-    if path == "last":
-        root = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--trainer.default_root_dir"), "runs")
-        path = newest_last_checkpoint(root)
-        if path is None and "fit" not in args:
-            raise CheckpointError(f"--ckpt_path last: no last.ckpt under {root}; pass a .ckpt path")
-    if path is None or path in ("best", "hpc") or str(path).startswith("registry"):
-        return {}
-    checkpoint = load_checkpoint(path)
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    hparams.pop("_instantiator", None)
-    class_path = hparams.pop("_class_path", None)
-    if class_path is None:
-        raise CheckpointError(f"checkpoint {path} has no model class path; it was not written by mnist-lightning fit")
-    defaults: dict[str, object] = {"model": {"class_path": class_path, "init_args": hparams}}
-    data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-    for key in ("_instantiator", "_class_path", "data_dir"):
-        data.pop(key, None)
-    defaults.update({f"data.{key}": value for key, value in data.items()})
-    return defaults
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint's tensors and plain data (no arbitrary unpickling), or raise a one-line CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; pass a .ckpt file from runs/<project>/<run>/checkpoints"
-        )
+def check_yaml_file(path: Path) -> None:
+    """Refuse a config file that cannot be read or is not YAML, naming the file, line and column."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"checkpoint {path} could not be read ({type(err).__name__}): truncated or not a Lightning checkpoint"
-        ) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
-    return checkpoint
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path}{where}: {problem}; fix the YAML there") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read ({getattr(err, 'strerror', None) or err})") from None
+
+
+def show_model_help(args: list[str]) -> list[str]:
+    """``fit --model NAME --help`` shows that model's options (jsonargparse spells it ``--model.help NAME``)."""
+    if not any(a in ("-h", "--help") for a in args):
+        return args
+    for i, arg in enumerate(args):
+        name = arg.split("=", 1)[1] if arg.startswith("--model=") else None
+        if arg == "--model" and i + 1 < len(args):
+            name = args[i + 1]
+        if name and not name.lstrip().startswith(("{", "[")):
+            subcommand = next((a for a in args if a in SUBCOMMANDS), None)
+            return [*([subcommand] if subcommand else []), "--model.help", name]
+    return args
 
 
 def main(args: list[str] | None = None) -> None:
@@ -320,6 +455,13 @@ def main(args: list[str] | None = None) -> None:
             MNISTLightningCLI(args=args)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)  # the checkpoint callback has said where the state was saved
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)
+    except SystemExit as exit_:
+        # Lightning ends a run stopped by Ctrl+C with exit code 1; the shell convention is 128 + SIGINT
+        if interrupted_by() == signal.SIGINT and exit_.code not in (0, None):
+            sys.exit(128 + signal.SIGINT)
+        raise
     except MNISTLightningError as err:
         if os.environ.get(DEBUG_ENV):
             raise

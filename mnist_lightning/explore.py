@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import time
@@ -17,7 +16,8 @@ from lightning.pytorch.callbacks import Callback
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mnist_lightning.cli import MNISTLightningCLI, config_dir, load_checkpoint
+from mnist_lightning import checkpoints
+from mnist_lightning.cli import MNISTLightningCLI, config_dir
 from mnist_lightning.data import MNISTDataModule, normalize
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.base import MNISTClassifier
@@ -91,8 +91,6 @@ def fit_preset(
         cli = MNISTLightningCLI(
             args=[
                 "--config",
-                str(config_dir() / "defaults.yaml"),
-                "--config",
                 str(preset_file),
                 "--trainer.logger",
                 "false",
@@ -116,20 +114,13 @@ def fit_preset(
 
 def latest_checkpoint(preset: str, root_dir: str | Path = "runs/notebooks") -> Path | None:
     """The best checkpoint of the newest :func:`fit_preset` run of ``preset`` under ``root_dir``, or None."""
-    found = sorted(Path(root_dir, preset).glob("*/checkpoints/best-*.ckpt"), key=lambda path: path.stat().st_mtime)
+    found = sorted(Path(root_dir, preset).glob("**/checkpoints/best-*.ckpt"), key=lambda path: path.stat().st_mtime)
     return found[-1] if found else None
 
 
 def load_classifier(path: str | Path) -> MNISTClassifier:
     """Load a checkpoint written by ``mnist-lightning fit`` into the classifier class that wrote it, in eval mode."""
-    hparams = load_checkpoint(path).get("hyper_parameters") or {}
-    class_path = hparams.get("_class_path")
-    if not class_path:
-        raise ConfigError(f"checkpoint {path} names no model class; it was not written by mnist-lightning fit")
-    module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    model = cls.load_from_checkpoint(path, map_location="cpu")
-    return model.eval()
+    return checkpoints.load_classifier(path)
 
 
 def load_datamodule(path: str | Path | None = None, **settings: Any) -> MNISTDataModule:
@@ -137,9 +128,7 @@ def load_datamodule(path: str | Path | None = None, **settings: Any) -> MNISTDat
 
     ``settings`` (such as ``data_dir``) override the checkpoint's.
     """
-    stored = dict(load_checkpoint(path).get("datamodule_hyper_parameters") or {}) if path else {}
-    for key in ("_instantiator", "_class_path", "data_dir"):
-        stored.pop(key, None)
+    stored = checkpoints.inspect_checkpoint(path).data_settings if path else {}
     datamodule = MNISTDataModule(**{**stored, **settings})
     datamodule.prepare_data()
     datamodule.setup()

@@ -2,27 +2,106 @@
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
-from weakref import proxy
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mnist_lightning.errors import ConfigError, MNISTLightningError
+from mnist_lightning.errors import ConfigError, MNISTLightningError, OutputPathError
+from mnist_lightning.outputs import reason
+
+# signals that stopped a fit in this process (the console script turns Ctrl+C into exit code 130)
+_INTERRUPTIONS: list[int] = []
+
+
+def interrupted_by() -> int | None:
+    """The signal (SIGINT for Ctrl+C, SIGTERM) that last stopped a fit in this process, or None."""
+    return _INTERRUPTIONS[-1] if _INTERRUPTIONS else None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, made safe for files that must never be half-written or read unsafely.
+
+    - a checkpoint is written to ``.<name>.partial`` beside its target and renamed over it, so a kill or a full disk
+      during a save leaves the previous file whole (Lightning's own save streams into the target);
+    - a failed save is one line naming the file and the reason;
+    - checkpoints are loaded with ``weights_only=True`` (tensors and plain data only) unless asked otherwise.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        staging = path.with_name(f".{path.name}.partial")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            super().save_checkpoint(checkpoint, staging, storage_options)
+            os.replace(staging, path)
+        except OSError as err:
+            staging.unlink(missing_ok=True)
+            raise OutputPathError(
+                f"cannot write checkpoint {path} ({reason(err)}); the previous checkpoints are intact; free some "
+                "space or choose another folder with --checkpoint.dirpath, then continue with --ckpt_path last"
+            ) from None
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> Any:
+        if map_location is None:
+            return super().load_checkpoint(path, weights_only=True if weights_only is None else weights_only)
+        return super().load_checkpoint(path, map_location, True if weights_only is None else weights_only)
+
+
+class RunBusyError(MNISTLightningError):
+    """Another process is training the same run."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as this process trains it.
+
+    The lock is an ``flock`` on ``<run>/.lock``: the operating system releases it when the process ends, however it
+    ends (SIGKILL included), so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = self.path.open("a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip()
+            self.handle.close()
+            raise RunBusyError(
+                f"run {run_dir} is being trained by another process{f' (pid {holder})' if holder else ''}; "
+                "wait for it to finish, or start a new run without --ckpt_path"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def release(self) -> None:
+        """Give the run back (the process ending does the same)."""
+        if not self.handle.closed:
+            self.handle.close()
 
 
 class ResumableCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, made safe to interrupt.
 
-    - every file is written under a temporary name and renamed, so a kill during a save never leaves a truncated
-      checkpoint (Lightning stages the bytes in the system temp folder, whose move may be a non-atomic copy);
+    - (with :class:`AtomicCheckpointIO`, which the CLI always adds) every file is written under a temporary name
+      and renamed, so a kill during a save never leaves a truncated checkpoint;
     - ``last.ckpt`` is also refreshed every ``last_every_n_train_steps`` optimizer steps (with ``save_last``), so a
       run killed with SIGKILL loses at most that many steps;
     - on SIGTERM or Ctrl+C during ``fit`` the state is saved to ``last.ckpt`` before the process exits.
@@ -41,23 +120,6 @@ class ResumableCheckpoint(ModelCheckpoint):
             raise ConfigError(f"last_every_n_train_steps must be 0 or more, got {last_every_n_train_steps}; try 200")
         self.last_every_n_train_steps = last_every_n_train_steps
 
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        path = Path(filepath)
-        staging = str(path.with_name(f".{path.name}.partial"))
-        try:
-            trainer.save_checkpoint(staging, self.save_weights_only)
-            if trainer.is_global_zero:
-                os.replace(staging, path)
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
-        trainer.strategy.barrier("atomic_checkpoint")
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         every = self.last_every_n_train_steps
@@ -74,6 +136,8 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            _INTERRUPTIONS.append(signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT)
         interrupted = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
         if not interrupted or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import netrc
 import os
-import re
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -21,11 +20,9 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from mnist_lightning.callbacks import write_atomically
-
-# keys that SaveConfigToRun adds to every checkpoint: the W&B run it belongs to, and the metrics when it was saved
-RUN_ID_KEY = "wandb_run_id"
-METRICS_KEY = "metrics"
+from mnist_lightning.checkpoints import METRICS_KEY, RUN_ID_KEY, artifact_metadata
+from mnist_lightning.outputs import ensure_writable_folder, write_atomically
+from mnist_lightning.runs import new_run_id, run_directory
 
 
 def wandb_logged_in() -> bool:
@@ -53,6 +50,7 @@ class AutoWandbLogger(WandbLogger):
             epoch, step and metrics as metadata; offline runs keep them until ``wandb sync``.
         watch: ``gradients``, ``parameters`` or ``all`` turns on ``wandb.watch`` histograms; ``null`` leaves it off.
         watch_log_freq: log the watched histograms every this many training steps.
+        resume: W&B's resume mode; the CLI sets ``allow`` when ``validate`` or ``test`` log to the training run.
         **kwargs: anything else Lightning's ``WandbLogger`` (and ``wandb.init``) accepts, e.g. ``project``, ``name``.
     """
 
@@ -66,6 +64,7 @@ class AutoWandbLogger(WandbLogger):
         log_model: bool = True,
         watch: Literal["gradients", "parameters", "all"] | None = None,
         watch_log_freq: int = 100,
+        resume: Literal["allow", "must", "never"] | None = None,
         **kwargs: Any,
     ) -> None:
         if offline is None:
@@ -73,8 +72,15 @@ class AutoWandbLogger(WandbLogger):
             offline = mode in ("offline", "dryrun") if mode else not wandb_logged_in()
         # wandb's own banner is replaced by the one line printed in finalize()
         os.environ.setdefault("WANDB_SILENT", "true")
-        kwargs.setdefault("save_dir", "runs")
-        Path(kwargs["save_dir"]).mkdir(parents=True, exist_ok=True)
+        if not kwargs.get("save_dir"):
+            kwargs["save_dir"] = "runs"
+        if resume:
+            kwargs["resume"] = resume
+        if not kwargs.get("id") and not kwargs.get("version"):
+            # chosen now rather than by wandb.init, so the run folder <save_dir>/<project>/<id> is known (and
+            # checked, and locked) before anything is written
+            kwargs["id"] = new_run_id()
+        ensure_writable_folder(kwargs["save_dir"], "the W&B folder (save_dir)")  # wandb.init needs it, and fails late
         init_extras = {key: value for key, value in (("tags", tags), ("group", group), ("notes", notes)) if value}
         # Lightning refuses log_model when offline; the artifacts are logged here instead, in both modes
         super().__init__(offline=offline, log_model=False, **init_extras, **kwargs)
@@ -140,7 +146,7 @@ class AutoWandbLogger(WandbLogger):
             modified = Path(path).stat().st_mtime
             if self._staged.get(path) == modified:
                 continue
-            metadata = checkpoint_metadata(path)
+            metadata = artifact_metadata(path)
             metadata["monitor"] = callback.monitor
             name = self._checkpoint_name or f"model-{self.experiment.id}"
             artifact = wandb.Artifact(name=name, type="model", metadata=metadata)
@@ -148,17 +154,6 @@ class AutoWandbLogger(WandbLogger):
             # offline this only stages the files under the run folder; `wandb sync` uploads them. Never wait here.
             self.experiment.log_artifact(artifact, aliases=aliases)
             self._staged[path] = modified
-
-
-def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """Epoch, step and metrics recorded in a checkpoint, as plain numbers for artifact metadata."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    metadata: dict[str, Any] = {"file": Path(path).name}
-    for key in ("epoch", "global_step"):
-        if key in checkpoint:
-            metadata[key] = int(checkpoint[key])
-    metadata.update({name: float(value) for name, value in (checkpoint.get(METRICS_KEY) or {}).items()})
-    return metadata
 
 
 class SaveConfigToRun(SaveConfigCallback):
@@ -170,7 +165,8 @@ class SaveConfigToRun(SaveConfigCallback):
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.already_saved or trainer.fast_dev_run:
+        # validate and test of a checkpoint log to the run that trained it: its config.yaml stays as it was
+        if self.already_saved or trainer.fast_dev_run or stage != "fit":
             return
         # on every rank: without a logger the folder comes from trainer.log_dir, a broadcast all ranks must join
         run_dir = Path(run_directory(trainer))
@@ -205,50 +201,6 @@ def count_parameters(model: torch.nn.Module) -> int:
     return int(count) if count is not None else sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def run_directory(trainer: L.Trainer) -> str:
-    """The folder of this run: ``<save_dir>/<project>/<run id>`` for W&B, else the trainer's log dir."""
-    logger = trainer.logger
-    if logger is not None and logger.save_dir is not None and logger.name is not None:
-        return os.path.join(logger.save_dir, str(logger.name), str(logger.version))
-    return trainer.log_dir or trainer.default_root_dir
-
-
-def resume_run(config: Namespace) -> None:
-    """Make ``fit --ckpt_path`` continue the W&B run that wrote the checkpoint (edits the parsed ``fit`` config).
-
-    ``last`` means the newest ``last.ckpt`` of any earlier run under ``<save_dir>/<project>/`` (Lightning itself
-    would look in the folder of the new run, which is empty); without one, training starts afresh. The run id
-    comes from the checkpoint (or, for older files, from its ``<run id>/checkpoints/`` folder) and is given to the
-    W&B logger, so the same run goes on, and Lightning restores the epoch and step count from the file.
-    """
-    ckpt_path = config.get("ckpt_path")
-    if not ckpt_path:
-        return
-    logger = config.get("trainer.logger")
-    loggers = logger if isinstance(logger, list) else [logger]
-    wandb_config = next((lg for lg in loggers if is_wandb_logger_config(lg)), None)
-    if ckpt_path == "last":
-        search_root = Path(config.get("trainer.default_root_dir") or ".")
-        if config.get("checkpoint.dirpath"):
-            search_root = Path(config.get("checkpoint.dirpath"))
-        elif wandb_config is not None:
-            init_args = wandb_config.get("init_args") or Namespace()
-            save_dir = init_args.get("save_dir") or init_args.get("dir") or "runs"
-            search_root = Path(save_dir) / str(init_args.get("project") or "lightning_logs")
-        found = newest_last_checkpoint(search_root)
-        if found is None:
-            print(f"No last.ckpt under {search_root}: starting a new run", file=sys.stderr)
-            config["ckpt_path"] = None
-            return
-        config["ckpt_path"] = ckpt_path = str(found)
-        print(f"Resuming from {found}", file=sys.stderr)
-    if wandb_config is None or wandb_config.get("init_args.id") or wandb_config.get("init_args.version"):
-        return
-    run_id = checkpoint_run_id(ckpt_path)
-    if run_id:
-        wandb_config["init_args.id"] = run_id
-
-
 def is_wandb_logger_config(logger: Any) -> bool:
     """True for a parsed ``class_path``/``init_args`` logger entry whose class is a WandbLogger."""
     if not isinstance(logger, (Namespace, dict)) or not logger.get("class_path"):
@@ -259,32 +211,3 @@ def is_wandb_logger_config(logger: Any) -> bool:
     except (ImportError, AttributeError):
         return False
     return isinstance(cls, type) and issubclass(cls, WandbLogger)
-
-
-def newest_last_checkpoint(root: str | Path) -> Path | None:
-    """The most recently written ``last.ckpt`` (or ``last-vN.ckpt``) anywhere under ``root``, or None.
-
-    ``--ckpt_path last`` means the run that was interrupted, not the (empty) folder of the new run: W&B gives every
-    run its own ``<save_dir>/<project>/<run id>/checkpoints``; without a logger they go to ``<root>/checkpoints``.
-    """
-    root = Path(root)
-    found = [
-        path
-        for path in (root.rglob("last*.ckpt") if root.is_dir() else [])
-        if re.fullmatch(r"last(-v\d+)?\.ckpt", path.name) and path.is_file()
-    ]
-    return max(found, key=lambda path: path.stat().st_mtime, default=None)
-
-
-def checkpoint_run_id(path: str | Path) -> str | None:
-    """The W&B run id a checkpoint belongs to: recorded in it, else the ``<run id>/checkpoints/`` folder name."""
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        checkpoint = {}  # unreadable files get their one-line error from Lightning/the CLI, not here
-    run_id = checkpoint.get(RUN_ID_KEY) if isinstance(checkpoint, dict) else None
-    if run_id:
-        return str(run_id)
-    folder = path.parent.parent.name if path.parent.name == "checkpoints" else ""
-    return folder if re.fullmatch(r"[a-z0-9]{8}", folder) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,3 +81,10 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"mnist-lightning {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result
+
+
+def metric(output: str, name: str) -> float:
+    """A metric from Lightning's results table, plain or drawn with box characters (when ``rich`` is installed)."""
+    match = re.search(rf"{re.escape(name)}\s*[│┃|]?\s+([0-9.]+(?:e-?\d+)?)", output)
+    assert match, f"{name} not in output:\n{output[-2000:]}"
+    return float(match.group(1))

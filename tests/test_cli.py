@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import csv
-import re
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, run_cli
+from conftest import CONFIGS, metric, run_cli
 from wandb_offline import read_run
-
-
-def metric(output: str, name: str) -> float:
-    """A metric from Lightning's results table."""
-    match = re.search(rf"{re.escape(name)}\s+([0-9.]+)", output)
-    assert match, f"{name} not in output:\n{output[-2000:]}"
-    return float(match.group(1))
 
 
 def test_fit_test_predict_validate_through_the_console_script(isolated: Path) -> None:

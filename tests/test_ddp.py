@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, run_cli
+from conftest import CONFIGS, REPO, metric, run_cli
 from lightning.pytorch.strategies import DDPStrategy
-from test_cli import metric
 from wandb_offline import read_run
 
 from mnist_lightning import MLPClassifier, MNISTDataModule

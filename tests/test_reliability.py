@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import Logger
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
 from mnist_lightning.callbacks import PredictionWriter, write_atomically
+from mnist_lightning.checkpoints import find_last
 from mnist_lightning.cli import (
     MNISTLightningCLI,
     config_dir,
@@ -31,7 +32,6 @@ from mnist_lightning.cli import (
 )
 from mnist_lightning.data import RAW_FILES, MNISTDataError, ensure_mnist, raw_dir, verify_raw_files
 from mnist_lightning.reliability import FiniteLossGuard, NonFiniteLossError, ResumableCheckpoint
-from mnist_lightning.tracking import newest_last_checkpoint
 
 TINY_MODEL = '''
 from torch import nn
@@ -496,7 +496,7 @@ def test_resuming_after_an_epochs_last_batch_from_a_checkpoint_without_sums_logs
 
 
 def test_last_resolves_to_the_newest_run(tmp_path: Path) -> None:
-    assert newest_last_checkpoint(tmp_path) is None
+    assert find_last(tmp_path) is None
     old = tmp_path / "mnist-lightning" / "run1" / "checkpoints" / "last.ckpt"
     new = tmp_path / "mnist-lightning" / "run2" / "checkpoints" / "last.ckpt"
     plain = tmp_path / "checkpoints" / "last.ckpt"
@@ -505,9 +505,9 @@ def test_last_resolves_to_the_newest_run(tmp_path: Path) -> None:
         path.write_bytes(b"x")
         os.utime(path, (1_000_000 + i, 1_000_000 + i))
     (tmp_path / "mnist-lightning" / "run2" / "checkpoints" / "best-epoch01.ckpt").write_bytes(b"x")
-    assert newest_last_checkpoint(tmp_path) == new
+    assert find_last(tmp_path) == new
     os.utime(plain, (2_000_000, 2_000_000))
-    assert newest_last_checkpoint(tmp_path) == plain
+    assert find_last(tmp_path) == plain
 
 
 def test_preset_names_resolve_to_configs() -> None:
@@ -645,7 +645,7 @@ RESUME_ARGS = [
 
 
 def final_state(root: Path) -> tuple[int, int, float, dict[str, torch.Tensor]]:
-    checkpoint = torch.load(root / "runs" / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint = torch.load(find_last(root / "runs"), weights_only=True)
     (best,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ResumableCheckpoint")]
     return checkpoint["epoch"], checkpoint["global_step"], float(best["current_score"]), checkpoint["state_dict"]
 
@@ -655,16 +655,16 @@ def start_and_interrupt(folder: Path, how: int, min_step: int) -> int:
     folder.mkdir()
     exe = Path(sys.executable).with_name("mnist-lightning")
     process = subprocess.Popen([str(exe), *RESUME_ARGS], cwd=folder, stderr=subprocess.PIPE, text=True)
-    last = folder / "runs" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= min_step:
+        last = find_last(folder / "runs")  # runs/mnist-lightning/<run id>/checkpoints/last.ckpt
+        if last is not None and torch.load(last, weights_only=True)["global_step"] >= min_step:
             process.send_signal(how)
             break
         time.sleep(0.02)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + how if how == signal.SIGTERM else -how, stderr[-3000:]
-    return torch.load(last, weights_only=True)["global_step"]
+    return torch.load(find_last(folder / "runs"), weights_only=True)["global_step"]
 
 
 @pytest.mark.slow
@@ -684,7 +684,9 @@ def test_console_fit_killed_mid_epoch_resumes_like_an_uninterrupted_run(isolated
     assert saved_step % 300 > 0, "the interruption must land in the middle of an epoch"
     os.chdir(isolated / "cut")
     resumed = run_cli(*RESUME_ARGS, "--ckpt_path", "last")
-    assert "Restoring states from the checkpoint path at runs/checkpoints/last.ckpt" in resumed.stderr
+    (run_dir,) = (isolated / "cut" / "runs" / "mnist-lightning").iterdir()  # the resumed run goes on in its folder
+    last = find_last(run_dir).relative_to(isolated / "cut")
+    assert f"Restoring states from the checkpoint path at {last}" in resumed.stderr
     r_epoch, r_step, r_val_acc, r_weights = final_state(isolated / "cut")
     assert (r_epoch, r_step) == (epoch, step)
     assert abs(r_val_acc - val_acc) <= 0.003

@@ -14,14 +14,13 @@ import pytest
 import torch
 import yaml
 from conftest import CONFIGS, run_cli, subprocess_env
-from jsonargparse import Namespace
 from torch import Tensor, nn
 from wandb_offline import OfflineRun, read_run
 
 from mnist_lightning import MNISTDataModule
+from mnist_lightning.checkpoints import RUN_ID_KEY, inspect_checkpoint
 from mnist_lightning.media import MediaLogger, attention_figure, confusion_matrix
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.tracking import RUN_ID_KEY, checkpoint_run_id, resume_run
 
 TINY = (
     "--trainer.limit_train_batches",
@@ -95,7 +94,7 @@ def test_offline_run_holds_config_metrics_media_artifacts_and_resumes_with_the_s
     # the run id travels with the checkpoint, also when it is copied out of its run folder
     copied = isolated / "elsewhere.ckpt"
     shutil.copy(best_file, copied)
-    assert torch.load(copied, weights_only=True)[RUN_ID_KEY] == run.run_id == checkpoint_run_id(copied)
+    assert torch.load(copied, weights_only=True)[RUN_ID_KEY] == run.run_id == inspect_checkpoint(copied).wandb_run_id
 
     # resume: the same W&B run id, the step count goes on, checkpoints stay in the same run folder
     resumed = run_cli(*common, "--trainer.max_epochs=2", "--ckpt_path", "last")
@@ -208,34 +207,3 @@ def test_sweep_config_renders_a_command_that_runs_one_trial(isolated: Path) -> N
     assert run.config["model"]["init_args"]["lr"] == pytest.approx(0.0316)
     assert len(run.metric("val/acc")) == len(run.metric("train/loss")) == 1
     assert not (isolated / "runs" / "mnist-lightning" / "sweeptrial1" / "media").exists()
-
-
-def fit_config(ckpt_path: str | None) -> Namespace:
-    logger = Namespace(
-        class_path="mnist_lightning.tracking.AutoWandbLogger",
-        init_args=Namespace(project="mnist-lightning", save_dir="runs", id=None),
-    )
-    return Namespace(
-        ckpt_path=ckpt_path, trainer=Namespace(logger=logger, default_root_dir="runs"), checkpoint=Namespace()
-    )
-
-
-def test_resume_settings_for_last_explicit_and_missing_checkpoints(isolated: Path, capsys) -> None:
-    config = fit_config("last")
-    resume_run(config)
-    assert config.ckpt_path is None and config.trainer.logger.init_args.id is None
-    assert "No last.ckpt under runs/mnist-lightning: starting a new run" in capsys.readouterr().err
-
-    older, newer = (isolated / "runs" / "mnist-lightning" / name / "checkpoints" for name in ("aaaa1111", "bbbb2222"))
-    for folder, run_id in ((older, "aaaa1111"), (newer, "stored99")):
-        folder.mkdir(parents=True)
-        torch.save({"state_dict": {}, RUN_ID_KEY: run_id}, folder / "last.ckpt")
-    os.utime(older / "last.ckpt", (1, 1))
-    config = fit_config("last")
-    resume_run(config)
-    assert Path(config.ckpt_path) == Path("runs/mnist-lightning/bbbb2222/checkpoints/last.ckpt")
-    assert config.trainer.logger.init_args.id == "stored99"  # the id stored in the file wins over its folder
-
-    config = fit_config(str(older / "last.ckpt"))
-    resume_run(config)
-    assert config.ckpt_path == str(older / "last.ckpt") and config.trainer.logger.init_args.id == "aaaa1111"

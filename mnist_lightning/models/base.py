@@ -117,6 +117,7 @@ class MNISTClassifier(L.LightningModule):
         self.train_acc = SampleMean()
         self.train_sums = TrainingSums()
         self._restored_sums: dict[str, Any] | None = None
+        self._restored_best: float | None = None
         # validate_args=False: the argument checks call torch.unique, a device sync on every update
         self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
@@ -150,8 +151,12 @@ class MNISTClassifier(L.LightningModule):
         return sum(p.numel() for p in self.net.parameters() if p.requires_grad)
 
     def on_train_start(self) -> None:
-        # the sanity check must not count towards the best validation accuracy
+        # the sanity check must not count towards the best validation accuracy; a resumed run goes on from its best
         self.val_acc_best.reset()
+        if self._restored_best is not None:
+            self.val_acc_best.update(torch.tensor(self._restored_best, device=self.device))
+            self._restored_best = None
+        self.check_schedule_fits()
         if self._restored_sums is not None:
             # Lightning resumes an epoch without calling on_train_epoch_start: the sums go on from the checkpoint's
             self.train_sums.load_state_dict(self._restored_sums, self.device)
@@ -179,9 +184,34 @@ class MNISTClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a run resumed in the middle of this epoch then logs the mean over all of its batches
         checkpoint["train_sums"] = self.train_sums.state_dict()
+        if self.val_acc_best.update_called:
+            checkpoint["val_acc_best"] = float(self.val_acc_best.compute())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._restored_sums = checkpoint.get("train_sums")
+        self._restored_best = checkpoint.get("val_acc_best")
+
+    def check_schedule_fits(self) -> None:
+        """Refuse, before the first step, a resumed run whose schedule was planned for a different length.
+
+        One-cycle and cosine schedules are laid out over the run's total steps when it starts; a run resumed with
+        another ``max_epochs`` would step past the end of its schedule (or stop before its end) hours later.
+        """
+        trainer = self._trainer
+        if trainer is None or self.hparams.get("scheduler", "none") == "none" or not trainer.lr_scheduler_configs:
+            return
+        scheduler = trainer.lr_scheduler_configs[0].scheduler
+        planned = getattr(scheduler, "total_steps", None) or getattr(scheduler, "T_max", None)
+        wanted = trainer.estimated_stepping_batches
+        if planned is None or planned == wanted or trainer.global_step == 0:
+            return
+        per_epoch = max(1, round(wanted / max(1, trainer.max_epochs))) if trainer.max_epochs > 0 else None
+        epochs = f" (--trainer.max_epochs {round(planned / per_epoch)})" if per_epoch else ""
+        raise ConfigError(
+            f"this run's {self.hparams.scheduler} schedule was laid out for {planned} steps, but the settings now "
+            f"ask for {wanted}; resume it with the settings it started with{epochs}, or, to train longer, "
+            "start a new run with the longer schedule"
+        )
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         images, labels = batch

@@ -1,0 +1,97 @@
+"""Output files and folders: checked before the work starts, written atomically, and one line when they fail.
+
+Every file the package writes (config.yaml, predictions, figures, checkpoints through
+:class:`mnist_lightning.reliability.AtomicCheckpointIO`) goes to a temporary name beside its target and is renamed
+into place, so a crash, a kill or a full disk never leaves a half-written file or spoils a good one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from mnist_lightning.errors import OutputPathError
+
+
+def reason(err: OSError) -> str:
+    """An OSError in a few words: ``read-only file system``, ``no space left on device``, ..."""
+    if err.errno == errno.ENOSPC:
+        return "no space left on device"
+    return (err.strerror or str(err) or type(err).__name__).lower()
+
+
+def blocking_file(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` (itself excluded) that is a file rather than a folder, if any."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def ensure_writable_folder(path: str | Path, what: str) -> Path:
+    """Create ``path`` (and its parents) and prove a file can be written in it, or raise one OutputPathError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{what} {path} is a file, not a folder; remove it or choose another folder")
+    blocker = blocking_file(path)
+    if blocker is not None:
+        raise OutputPathError(f"{what} {path} cannot be made: {blocker} is a file, not a folder; choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise OutputPathError(f"cannot write {what} {path} ({reason(err)}); choose another folder") from None
+    return path
+
+
+def ensure_writable_file(path: str | Path, what: str) -> Path:
+    """Check that the file ``path`` can be written (its folder writable, no folder in its place)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{what} {path} is a folder; give a file name such as {path / 'predictions.csv'}")
+    ensure_writable_folder(path.parent, f"the folder of {what}")
+    return path
+
+
+def write_atomically(path: str | Path, text: str | bytes) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename: all of it or nothing."""
+    data = text.encode() if isinstance(text, str) else text
+    replace_atomically(path, lambda tmp: tmp.write_bytes(data))
+
+
+def replace_atomically(path: str | Path, write: Callable[[Path], object], suffix: str = ".tmp") -> Path:
+    """Let ``write`` fill a temporary file beside ``path`` (ending in ``suffix``), then rename it to ``path``.
+
+    A failure (a full disk, say) removes the temporary file, leaves any older ``path`` untouched, and becomes one
+    :class:`OutputPathError` naming the path and the reason.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        ensure_writable_folder(path.parent, f"the folder of {path.name}")
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as err:
+        raise OutputPathError(f"cannot write {path} ({reason(err)}); choose another folder") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        tmp.chmod(0o666 & ~current_umask())  # mkstemp makes the file private; the result is an ordinary file
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputPathError(f"cannot write {path} ({reason(err)}); nothing was written") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
