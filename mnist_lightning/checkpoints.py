@@ -185,16 +185,28 @@ def classifier_class(info: CheckpointInfo, trusted: Iterable[str] = ()) -> type[
 
 def check_settings(info: CheckpointInfo, cls: type[MNISTClassifier]) -> None:
     """Refuse, naming them, model settings that ``cls`` does not take (a checkpoint from another version)."""
-    parameters = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    unknown = [key for key in info.model_settings if key not in parameters]
+    unknown = [key for key in info.model_settings if key not in accepted_settings(cls)]
     if unknown:
         given = ", ".join(f"{key}={info.model_settings[key]!r}" for key in unknown)
         raise CheckpointError(
             f"checkpoint {info.path} sets {given} for {cls.__name__}, which this version of mnist-lightning does "
             "not know; use the mnist-lightning version that trained it"
         )
+
+
+def accepted_settings(cls: type) -> set[str]:
+    """The keyword arguments ``cls`` takes, following ``**kwargs`` up to the base classes that take them."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters
+        names |= {
+            name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            break
+    return names - {"self"}
 
 
 def check_data_settings(info: CheckpointInfo, known: Iterable[str]) -> None:

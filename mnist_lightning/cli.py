@@ -84,7 +84,12 @@ def preset_names() -> list[str]:
 class OneLineErrorParser(LightningArgumentParser):
     """Argument errors as one line (the full jsonargparse report with ``MNIST_LIGHTNING_DEBUG=1``)."""
 
+    # set while parse_arguments makes a first, tentative parse: errors are raised to it, not printed
+    tentative = False
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if OneLineErrorParser.tentative:
+            raise TentativeParseError(message)
         if os.environ.get(DEBUG_ENV) or not self.exit_on_error:
             super().error(message, ex)
         print(
@@ -175,12 +180,14 @@ class MNISTLightningCLI(LightningCLI):
         """
         if isinstance(args, (dict, Namespace)):
             parse = lambda: parser.parse_object(args)  # noqa: E731
+            first_parse = parse
         else:
             argv = show_model_help(resolve_preset_args(sys.argv[1:] if args is None else list(args)))
             parse = lambda: parser.parse_args(argv)  # noqa: E731
+            first_parse = lambda: parse_without_model_settings(parser, argv)  # noqa: E731
         prefixes = [f"{name}." for name in SUBCOMMANDS] if self.with_subcommands else [""]
         parser.set_defaults({f"{prefix}model": MODEL_PLACEHOLDER for prefix in prefixes})
-        config = parse()
+        config = first_parse()
         subcommand = config.get("subcommand")
         prefix = f"{subcommand}." if subcommand else ""
         section = config[subcommand] if subcommand else config
@@ -334,6 +341,40 @@ class MNISTLightningCLI(LightningCLI):
             self.datamodule.prepare_data()
 
 
+class TentativeParseError(Exception):
+    """A first parse failed; the caller decides whether that is the user's error."""
+
+
+def parse_without_model_settings(parser: LightningArgumentParser, argv: list[str]) -> Namespace:
+    """The first parse, which only has to find ``ckpt_path`` and the folders. Settings of the checkpoint's model
+    without a ``--model`` (``--model.dropout 0.2``) cannot be parsed before the checkpoint names the class: they are
+    left out of this parse only, and the second parse takes them (or reports them)."""
+    reduced = drop_model_settings(argv)
+    if reduced != argv and not any(a == "--model" or a.startswith("--model=") for a in argv):
+        OneLineErrorParser.tentative = True
+        try:
+            return parser.parse_args(reduced)
+        except TentativeParseError:
+            pass  # reported by the full parse below
+        finally:
+            OneLineErrorParser.tentative = False
+    return parser.parse_args(argv)
+
+
+def drop_model_settings(argv: list[str]) -> list[str]:
+    """``argv`` without ``--model.KEY VALUE`` and ``--model.KEY=VALUE`` (the model's own settings)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("--model."):
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return kept
+
+
 def is_placeholder(model: Any) -> bool:
     return model is None or str(getattr(model, "class_path", "")).rsplit(".", 1)[-1] == "MNISTClassifier"
 
@@ -462,8 +503,22 @@ def main(args: list[str] | None = None) -> None:
         if interrupted_by() == signal.SIGINT and exit_.code not in (0, None):
             sys.exit(128 + signal.SIGINT)
         raise
-    except MNISTLightningError as err:
-        if os.environ.get(DEBUG_ENV):
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None or os.environ.get(DEBUG_ENV):
             raise
-        print(f"mnist-lightning: error: {summarize_parse_error(str(err))}", file=sys.stderr)
+        print(f"mnist-lightning: error: {summarize_parse_error(str(cause))}", file=sys.stderr)
         sys.exit(1)
+
+
+def user_error(err: BaseException) -> MNISTLightningError | None:
+    """The user error behind ``err``: itself, or the one a library wrapped (jsonargparse wraps what a class raises
+    while it is instantiated in its own ValueError); None for anything else, which is a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MNISTLightningError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -80,11 +80,10 @@ def test_every_spelling_validates_the_run_it_names(
 
 def test_a_model_given_beside_a_checkpoint_that_does_not_fit_is_one_line(two_runs: Path, isolated: Path) -> None:
     best = only_checkpoint(two_runs / "out")
-    result = run_cli(
-        "validate", "--ckpt_path", str(best), "--model", "MLPClassifier", "--model.hidden_sizes", "[64]", check=False
-    )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "hidden_sizes=[16]" in result.stderr and "hidden_sizes=[64]" in result.stderr
+    for model in ([], ["--model", "MLPClassifier"]):  # a setting of the checkpoint's model, or of a named one
+        result = run_cli("validate", "--ckpt_path", str(best), *model, "--model.hidden_sizes=[64]", check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "hidden_sizes=[16]" in result.stderr and "hidden_sizes=[64]" in result.stderr
 
 
 def checkpoint_naming(source: Path, target: Path, class_path: str, **extra: object) -> Path:
