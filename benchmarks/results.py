@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from mnist_lightning.cli import MNISTLightningCLI  # noqa: E402
 
 CONFIGS = REPO / "configs"
-SPEC_PRESETS = [
+CATALOGUE_PRESETS = [
     "linear",
     "mlp_20",
     "mlp_40_20",
@@ -50,7 +50,7 @@ SPEC_PRESETS = [
     "vit_encoder",
 ]
 STRONG_PRESETS = ["mlp_strong", "cnn_strong", "vit_strong"]
-# what the notebook a preset came from reported (SPEC.md), and the targets of the stronger presets
+# what the notebook a preset came from reported (docs/presets.md), and the targets of the stronger presets
 SOURCE_FIGURES = {
     "mlp_128_64": "97.76%",
     "convnet": "98% (NLL 0.081)",
@@ -91,7 +91,7 @@ def run_preset(preset: str, max_epochs: int | None, workdir: Path) -> dict[str, 
     """Fit one preset from its config, test its best-validation checkpoint, and return the table row."""
     config = CONFIGS / f"{preset}.yaml"
     if not config.is_file():
-        raise FileNotFoundError(f"no preset {config}; choose from {', '.join(SPEC_PRESETS + STRONG_PRESETS)}")
+        raise FileNotFoundError(f"no preset {config}; choose from {', '.join(CATALOGUE_PRESETS + STRONG_PRESETS)}")
     full = recipe_epochs(preset)
     epochs = min(full, max_epochs) if max_epochs else full
     args = ["--config", str(CONFIGS / "defaults.yaml"), "--config", str(config)]
@@ -119,9 +119,9 @@ def run_preset(preset: str, max_epochs: int | None, workdir: Path) -> dict[str, 
 
 
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
-    """The results table, presets in SPEC order and then the stronger ones."""
-    order = [p for p in SPEC_PRESETS + STRONG_PRESETS if p in rows] + sorted(
-        set(rows) - set(SPEC_PRESETS + STRONG_PRESETS)
+    """The results table, presets in the order of docs/presets.md and then the stronger ones."""
+    order = [p for p in CATALOGUE_PRESETS + STRONG_PRESETS if p in rows] + sorted(
+        set(rows) - set(CATALOGUE_PRESETS + STRONG_PRESETS)
     )
     lines = [
         "# Results",
@@ -146,7 +146,7 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
             f"{r['test_loss']:.4f} | {r['best_val_acc']:.2f}% | {r['seconds_per_epoch']:.1f} | {r['source']} | "
             f"{r['hardware']}{'; ' + r['load'] if r.get('load') else ''} | {r['date']} |"
         )
-    missing = [p for p in SPEC_PRESETS + STRONG_PRESETS if p not in rows]
+    missing = [p for p in CATALOGUE_PRESETS + STRONG_PRESETS if p not in rows]
     if missing:
         lines += ["", f"Not measured yet: {', '.join(f'`{p}`' for p in missing)}."]
     return "\n".join(lines) + "\n"
@@ -154,7 +154,7 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=SPEC_PRESETS + STRONG_PRESETS, help="presets to run")
+    parser.add_argument("--presets", nargs="+", default=CATALOGUE_PRESETS + STRONG_PRESETS, help="presets to run")
     parser.add_argument("--max-epochs", type=int, default=None, help="cap every preset's epochs (a quick check)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     parser.add_argument("--load", default="", help="a note on the machine's load, shown with the hardware")

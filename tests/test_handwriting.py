@@ -222,10 +222,10 @@ def test_exported_models_match_pytorch_on_the_whole_test_set(
     one_logits, _ = session.run(None, {"images": images[:1]})  # the batch axis is dynamic
     assert np.abs(one_logits - logits[:1]).max() < 1e-4
 
-    # the README's snippet (onnxruntime, numpy and Pillow only, preprocessing included) reads a photo right
+    # the documented snippet (onnxruntime, numpy and Pillow only, preprocessing included) reads a photo right
     rng = np.random.default_rng(2)
     write_on_paper(images[0], isolated / "my_digit.jpg", rng)
-    snippet = readme_onnx_snippet()
+    snippet = documented_onnx_snippet()
     ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip().splitlines()[-1].startswith(f"digit {labels[0]}"), ran.stdout
@@ -241,10 +241,10 @@ def test_exported_models_match_pytorch_on_the_whole_test_set(
         assert np.abs(out_probs.numpy() - probabilities).max() < 1e-4
 
 
-def readme_onnx_snippet() -> str:
-    text = (REPO / "README.md").read_text()
+def documented_onnx_snippet() -> str:
+    text = (REPO / "docs" / "serve-and-export.md").read_text()
     match = re.search(r"<!-- onnx-snippet -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "README lost its onnxruntime snippet"
+    assert match, "docs/serve-and-export.md lost its onnxruntime snippet"
     return match.group(1)
 
 

@@ -1,4 +1,4 @@
-"""Every architecture preset: SPEC.md's layers and parameter counts, forward and backward, the ViTs' details."""
+"""Every architecture preset: its catalogued layers and parameter counts, forward and backward, the ViTs' details."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from mnist_lightning.cli import MNISTLightningCLI, main
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.models import CNNClassifier, TransformerEncoderClassifier, ViTClassifier
 
-SPEC_PRESETS = [
+CATALOGUE_PRESETS = [
     "linear",
     "mlp_20",
     "mlp_40_20",
@@ -43,7 +43,7 @@ def preset_model(preset: str) -> L.LightningModule:
 
 
 def describe(module: nn.Module) -> list[str]:
-    """The layers of a plain CNN in SPEC's words, e.g. ``conv 1→32 k3 pad 1``, ``bn 6``, ``linear 9216→128``."""
+    """The layers of a plain CNN in words, e.g. ``conv 1→32 k3 pad 1``, ``bn 6``, ``linear 9216→128``."""
     words = []
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):
@@ -62,7 +62,7 @@ def describe(module: nn.Module) -> list[str]:
     return words
 
 
-# SPEC.md's table, layer by layer (lenet_bn1: ReLU then Dropout after the 84 layer, the same function as the
+# The catalogue's layers, one by one (lenet_bn1: ReLU then Dropout after the 84 layer, the same function as the
 # notebook's Dropout then ReLU), and the parameter counts worked out by hand.
 CNN_LAYERS = {
     "lenet_bn1": (
@@ -94,7 +94,7 @@ CNN_LAYERS = {
 
 
 @pytest.mark.parametrize("preset", list(CNN_LAYERS))
-def test_cnn_presets_have_specs_layers_and_parameter_counts(preset: str) -> None:
+def test_cnn_presets_have_their_catalogued_layers_and_parameter_counts(preset: str) -> None:
     layers, params = CNN_LAYERS[preset]
     model = preset_model(preset)
     assert isinstance(model, CNNClassifier)
@@ -102,7 +102,7 @@ def test_cnn_presets_have_specs_layers_and_parameter_counts(preset: str) -> None
     assert model.num_parameters == params
 
 
-def test_vit_preset_matches_spec() -> None:
+def test_vit_preset_matches_its_catalogue_entry() -> None:
     model = preset_model("vit")
     assert isinstance(model, ViTClassifier)
     vit = model.net
@@ -145,7 +145,7 @@ def test_vit_encoder_preset_is_batch_first_with_a_trained_class_token() -> None:
     assert model.num_parameters == 3_200 + 64 + 1_088 + 4 * layer_params + 16_250 + 25_100 + 1_010 == 1_662_552
 
 
-@pytest.mark.parametrize("preset", SPEC_PRESETS + STRONG_PRESETS)
+@pytest.mark.parametrize("preset", CATALOGUE_PRESETS + STRONG_PRESETS)
 def test_every_preset_runs_forward_and_backward(preset: str) -> None:
     model = preset_model(preset)
     model.train()
@@ -216,7 +216,7 @@ def test_a_few_hundred_steps_of_lenet5_reach_90_percent_validation_accuracy(mnis
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", SPEC_PRESETS + STRONG_PRESETS)
+@pytest.mark.parametrize("preset", CATALOGUE_PRESETS + STRONG_PRESETS)
 def test_every_preset_fits_and_tests_through_the_console_script(preset: str, isolated: Path) -> None:
     limits = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"]
     run_cli("fit", "--config", str(CONFIGS / f"{preset}.yaml"), "--trainer.max_epochs", "1", *limits)

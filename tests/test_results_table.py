@@ -36,7 +36,7 @@ def test_table_only_rewrites_the_markdown_from_the_json(tmp_path: Path) -> None:
     results.main(["--table-only", "--results", str(tmp_path / "r.json"), "--output", str(tmp_path / "r.md")])
     lines = (tmp_path / "r.md").read_text().splitlines()
     table = [line for line in lines if line.startswith("| `")]
-    assert [line.split("|")[1].strip() for line in table] == ["`convnet`", "`cnn_strong`"]  # SPEC order first
+    assert [line.split("|")[1].strip() for line in table] == ["`convnet`", "`cnn_strong`"]  # catalogue order first
     assert "| 1 / 10 (capped) | 97.50% |" in table[0] and "98% (NLL 0.081)" in table[0]
     assert "| 15 / 15 | 99.61% |" in table[1] and "1,199,882" in table[1]
     assert any(line.startswith("Not measured yet:") and "`vit_encoder`" in line for line in lines)
