@@ -3,6 +3,7 @@ seeded runs repeat; a diverging run stops; nothing is ever half-written."""
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -19,10 +20,11 @@ import lightning as L
 import pytest
 import torch
 from conftest import MNIST_DIR, run_cli
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import Logger
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
-from mnist_lightning.callbacks import PredictionWriter, write_atomically
+from mnist_lightning.callbacks import PredictionWriter
 from mnist_lightning.checkpoints import find_last
 from mnist_lightning.cli import (
     MNISTLightningCLI,
@@ -31,7 +33,9 @@ from mnist_lightning.cli import (
     resolve_preset_args,
 )
 from mnist_lightning.data import RAW_FILES, MNISTDataError, ensure_mnist, raw_dir, verify_raw_files
-from mnist_lightning.reliability import FiniteLossGuard, NonFiniteLossError, ResumableCheckpoint
+from mnist_lightning.errors import ConfigError, OutputPathError
+from mnist_lightning.outputs import replace_atomically, write_atomically
+from mnist_lightning.reliability import AtomicCheckpointIO, FiniteLossGuard, NonFiniteLossError, ResumableCheckpoint
 
 TINY_MODEL = '''
 from torch import nn
@@ -311,39 +315,24 @@ def test_a_good_download_is_moved_into_place(tmp_path: Path, monkeypatch: pytest
 # --- nothing half-written ----------------------------------------------------------------------------------------
 
 
-class FailingHandle:
-    """A file handle whose write stores half of the text and then fails, like a full disk."""
-
-    def __init__(self, handle) -> None:
-        self.handle = handle
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.close()
-
-    def write(self, text: str) -> None:
-        self.handle.write(text[: len(text) // 2])
-        self.handle.flush()
-        raise OSError(28, "No space left on device")
+def half_then_full_disk(path: Path) -> None:
+    """A write that stores part of the file and then fails like a full disk."""
+    path.write_text("index,prediction\n" * 10)
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_a_write_that_fails_midway_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_fdopen = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r": FailingHandle(real_fdopen(fd, mode)))
-    with pytest.raises(OSError, match="No space"):
-        write_atomically(tmp_path / "out" / "predictions.csv", "index,prediction\n" * 1000)
+def test_a_write_that_fails_midway_leaves_no_file(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OutputPathError, match=r"predictions\.csv \(no space left on device\)"):
+        replace_atomically(tmp_path / "out" / "predictions.csv", half_then_full_disk)
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_an_old_file_survives_a_failed_rewrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_old_file_survives_a_failed_rewrite(tmp_path: Path) -> None:
     target = tmp_path / "run" / "config.yaml"
     write_atomically(target, "old: 1\n")
-    real_fdopen = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r": FailingHandle(real_fdopen(fd, mode)))
-    with pytest.raises(OSError):
-        write_atomically(target, "new: 2\n" * 100)
+    with pytest.raises(OutputPathError):
+        replace_atomically(target, half_then_full_disk)
     assert target.read_text() == "old: 1\n" and [p.name for p in target.parent.iterdir()] == ["config.yaml"]
 
 
@@ -366,6 +355,7 @@ def quiet_trainer(root: Path, *callbacks: L.Callback, **kwargs) -> L.Trainer:
         enable_model_summary=False,
         default_root_dir=root,
         callbacks=list(callbacks),
+        plugins=[AtomicCheckpointIO()],
         **options,
     )
 
@@ -384,13 +374,13 @@ def test_a_checkpoint_save_that_fails_keeps_the_previous_one(tmp_path: Path, mon
     last = tmp_path / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
 
-    def dies_while_writing(checkpoint: dict, path: str, storage_options=None) -> None:
+    def dies_while_writing(self, checkpoint: dict, path: str, storage_options=None) -> None:
         Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
         raise KeyboardInterrupt  # killed in the middle of the write
 
-    monkeypatch.setattr(trainer.strategy.checkpoint_io, "save_checkpoint", dies_while_writing)
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", dies_while_writing)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint._save_checkpoint(trainer, str(last))
+        trainer.save_checkpoint(last)
     assert last.read_bytes() == before
     assert sorted(p.name for p in last.parent.iterdir() if p.name.startswith(".")) == []
 
@@ -517,7 +507,7 @@ def test_preset_names_resolve_to_configs() -> None:
         str(config_dir() / "mlp_128_64.yaml"),
     ]
     assert resolve_preset_args(["fit", "--config=linear.yaml"]) == ["fit", f"--config={config_dir() / 'linear.yaml'}"]
-    with pytest.raises(FileNotFoundError, match="config file mlp_9 does not exist") as info:
+    with pytest.raises(ConfigError, match="config file mlp_9 does not exist") as info:
         resolve_preset_args(["fit", "--config", "mlp_9"])
     listed = str(info.value).split("preset: ")[1].split(", ")
     assert {"linear", "mlp_128_64", "convnet", "vit"} <= set(listed) and not {"defaults", "sweep"} & set(listed)
