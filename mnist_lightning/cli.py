@@ -315,7 +315,7 @@ class MNISTLightningCLI(LightningCLI):
         writer = next((c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)), None)
         if writer is not None:
             writer.output_path = ensure_writable_file(
-                writer.resolve(self.trainer.default_root_dir), "--predictions.output"
+                writer.resolve(self.trainer.default_root_dir), "the predictions file (--predictions.output)"
             )
 
     def check_outputs(self) -> None:

@@ -62,7 +62,7 @@ def run_extra_command(args: list[str]) -> None:
         from mnist_lightning.export import export_model
 
         output = options.output or Path(options.ckpt_path).with_suffix(FORMATS[options.format])
-        ensure_writable_file(output, "--output")  # before the model is loaded and traced
+        ensure_writable_file(output, "the export file (--output)")  # before the model is loaded and traced
         model = load_classifier(options.ckpt_path)
         written = export_model(model, output, options.format)
         print(f"Exported {type(model).__name__} as {options.format} to {written}", file=sys.stderr)

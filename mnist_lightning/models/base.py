@@ -190,6 +190,8 @@ class MNISTClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._restored_sums = checkpoint.get("train_sums")
         self._restored_best = checkpoint.get("val_acc_best")
+        schedulers = checkpoint.get("lr_schedulers") or [{}]
+        self._planned_steps = schedulers[0].get("total_steps") or schedulers[0].get("T_max")
 
     def check_schedule_fits(self) -> None:
         """Refuse, before the first step, a resumed run whose schedule was planned for a different length.
@@ -198,12 +200,11 @@ class MNISTClassifier(L.LightningModule):
         another ``max_epochs`` would step past the end of its schedule (or stop before its end) hours later.
         """
         trainer = self._trainer
-        if trainer is None or self.hparams.get("scheduler", "none") == "none" or not trainer.lr_scheduler_configs:
+        planned, self._planned_steps = getattr(self, "_planned_steps", None), None
+        if trainer is None or self.hparams.get("scheduler", "none") == "none" or not planned:
             return
-        scheduler = trainer.lr_scheduler_configs[0].scheduler
-        planned = getattr(scheduler, "total_steps", None) or getattr(scheduler, "T_max", None)
         wanted = trainer.estimated_stepping_batches
-        if planned is None or planned == wanted or trainer.global_step == 0:
+        if planned == wanted:
             return
         per_epoch = max(1, round(wanted / max(1, trainer.max_epochs))) if trainer.max_epochs > 0 else None
         epochs = f" (--trainer.max_epochs {round(planned / per_epoch)})" if per_epoch else ""
