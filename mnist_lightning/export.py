@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -55,12 +54,12 @@ def export_model(
     output.parent.mkdir(parents=True, exist_ok=True)
     wrapped = RawImageClassifier(model.to("cpu").eval()).eval()
     example = torch.zeros(2, 28, 28, dtype=torch.uint8)
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    # the temporary name ends like the final one: torch.export.save warns about any other suffix than .pt2
+    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.tmp-", suffix=FORMATS[fmt])
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with torch.no_grad():
             if fmt == "onnx":
                 _export_onnx(wrapped, example, tmp)
             elif fmt == "pt2":

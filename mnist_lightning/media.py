@@ -12,6 +12,7 @@ ViT-style models opt in to attention plots with one method::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,24 +94,65 @@ def confusion_matrix_figure(matrix: Tensor, title: str = "") -> Figure:
     return fig
 
 
+def token_labels(tokens: int) -> list[str]:
+    """Names of the tokens of an attention map: ``c`` for the class token (token 0), then the patches from 1."""
+    return ["c"] + [str(i) for i in range(1, tokens)]
+
+
+def _token_ticks(tokens: int) -> list[int]:
+    # the class token, then the last patch of every patch row (c, 4, 8, 12, 16 for a 4×4 grid), about 5 ticks
+    if tokens < 2:
+        return list(range(tokens))
+    side = math.isqrt(tokens - 1)
+    step = side * max(1, -(-side // 4)) if side * side == tokens - 1 else max(1, -(-(tokens - 1) // 4))
+    return [0, *range(step, tokens, step)]
+
+
 def attention_figure(images: Tensor, attention: Tensor, title: str = "") -> Figure:
-    """One row per image: the image, then the ``tokens × tokens`` attention of every head ``(batch, heads, T, T)``."""
+    """One row per image: the image, then every head's ``tokens × tokens`` attention ``(batch, heads, T, T)``.
+
+    In each matrix the rows are the query tokens and the columns the key tokens (``c``, token 0, is the class token;
+    1, 2, ... the patches row by row), so every row sums to 1. Heads are numbered from 1, as in the notebooks and
+    the drawing page. All matrices share one colour scale, from 0 to the largest weight shown, with its colour bar
+    on the right.
+    """
     images = images.detach().float().cpu().reshape(len(images), *images.shape[-2:])
     attention = attention.detach().float().cpu()
-    batch, heads = attention.shape[:2]
-    fig = Figure(figsize=(1.5 * (heads + 1), 1.7 * batch + 0.5))
+    batch, heads, tokens = attention.shape[:3]
+    vmax = float(attention.max()) if attention.numel() else 1.0
+    width, height = 1.6 * (heads + 1) + 1.1, 1.7 * batch + 1.2  # inches: +colour bar, +titles and axis labels
+    fig = Figure(figsize=(width, height))
     axes = fig.subplots(batch, heads + 1, squeeze=False)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / fig.get_figheight(), wspace=0.1)
+    top, bottom = 1 - 0.75 / height, 0.45 / height
+    fig.subplots_adjust(left=0.2 / width, right=1 - 1.0 / width, bottom=bottom, top=top, wspace=0.25, hspace=0.3)
+    ticks = _token_ticks(tokens)
+    names = token_labels(tokens)
+    shown = None
     for b in range(batch):
         axes[b, 0].imshow(images[b].numpy(), cmap="gray")
-        axes[b, 0].set_title("input", fontsize=9)
+        axes[b, 0].set_axis_off()
+        if b == 0:
+            axes[b, 0].set_title("input", fontsize=9)
         for h in range(heads):
-            axes[b, h + 1].imshow(attention[b, h].numpy(), cmap="viridis")
-            axes[b, h + 1].set_title(f"head {h}", fontsize=9)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    if title:
-        fig.suptitle(title)
+            ax = axes[b, h + 1]
+            shown = ax.imshow(attention[b, h].numpy(), cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+            # tick labels and axis labels only along the left column of heads and the bottom row, as in a grid plot
+            ax.set_xticks(ticks, [names[t] for t in ticks] if b == batch - 1 else [])
+            ax.set_yticks(ticks, [names[t] for t in ticks] if h == 0 else [])
+            ax.tick_params(labelsize=6, length=2, pad=1)
+            if b == 0:
+                ax.set_title(f"head {h + 1}", fontsize=9)
+            if b == batch - 1:
+                ax.set_xlabel("key token", fontsize=8, labelpad=1)
+            if h == 0:
+                ax.set_ylabel("query token", fontsize=8, labelpad=1)
+    if shown is not None:
+        bar_axes = fig.add_axes((1 - 0.8 / width, bottom, 0.12 / width, top - bottom))
+        bar = fig.colorbar(shown, cax=bar_axes)
+        bar.set_label("attention probability", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    note = f"rows: query tokens, columns: key tokens (c: class token, 1–{tokens - 1}: patches row by row)"
+    fig.suptitle(f"{title}\n{note}" if title else note, fontsize=9, y=1 - 0.08 / height, va="top")
     return fig
 
 
@@ -197,7 +239,7 @@ class MediaLogger(Callback):
         self._images: list[Tensor] = []
         self._labels: list[Tensor] = []
         self._probs: list[Tensor] = []
-        self._attention: tuple[Tensor, Tensor] | None = None
+        self._attention: tuple[Tensor, Tensor, int] | None = None  # images, last block's maps, number of blocks
 
     # --- where figures go -------------------------------------------------------------------------------------
     def _emit(self, trainer: L.Trainer, key: str, fig: Figure, filename: str, caption: str = "") -> None:
@@ -257,7 +299,7 @@ class MediaLogger(Callback):
             if callable(attention_maps) and self._attention is None and self.num_attention_images > 0:
                 maps = attention_maps(model_input[: self.num_attention_images])
                 shown = images[: self.num_attention_images].detach().cpu()
-                self._attention = (shown, maps[-1].detach().float().cpu())  # the last block
+                self._attention = (shown, maps[-1].detach().float().cpu(), len(maps))  # the last block
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._labels:
@@ -301,8 +343,8 @@ class MediaLogger(Callback):
             self._log_worst_table(trainer, images, rows)
 
         if self._attention is not None:
-            shown, attention = self._attention
-            title = f"epoch {epoch}: attention of every head in the last block"
+            shown, attention, blocks = self._attention
+            title = f"epoch {epoch}: attention of every head in block {blocks} of {blocks} (the last)"
             self._emit(trainer, "media/attention", attention_figure(shown, attention, title), f"attention-{tag}.png")
 
     def _log_worst_table(self, trainer: L.Trainer, images: Tensor, rows: list[tuple[int, int, int, float, float]]):
@@ -345,6 +387,35 @@ class MediaLogger(Callback):
     def state_dict(self) -> dict[str, Any]:
         # kept in checkpoints so that the curves of a resumed run start at its beginning
         return {"curves": {key: [list(point) for point in points] for key, points in self.curves.items()}}
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # The checkpoint of an epoch's end is written after its validation, before the model logs the epoch's
+        # train/loss (in its on_train_epoch_end): that point is not in the curves yet, and a run resumed from this
+        # checkpoint would never see it logged. The checkpoint's copy of the curves gets it from the model's sums.
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        point = self._unlogged_train_point(trainer, pl_module)
+        if point is not None and isinstance(state, dict):
+            state["curves"]["train/loss"].append(list(point))
+
+    def _unlogged_train_point(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[int, float] | None:
+        """(step, mean training loss) of an epoch whose batches have all run but whose loss is not recorded yet.
+
+        Read from ``pl_module.train_sums`` (the per-epoch sums of :class:`MNISTClassifier`; other modules get no
+        such point); under DDP it is this rank's mean, close to the all-rank mean the model logs.
+        """
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return None
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if not (progress.is_last_batch or progress.current.ready >= trainer.num_training_batches):
+            return None  # a checkpoint in the middle of an epoch: the resumed run logs the whole epoch's loss
+        points = self.curves["train/loss"]
+        if points and points[-1][0] == trainer.global_step:
+            return None
+        sums = getattr(pl_module, "train_sums", None)
+        count = getattr(sums, "count", 0)
+        if not count:
+            return None
+        return trainer.global_step, float(sums.loss / count)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for key, points in state_dict.get("curves", {}).items():

@@ -158,7 +158,7 @@ def test_media_callback_draws_attention_of_every_head_and_skips_the_sanity_check
 
     images = torch.randn(3, 1, 28, 28)
     figure = attention_figure(images, model.attention_maps(images)[-1])
-    assert len(figure.axes) == 3 * (1 + 2)  # one row per image: the input and both heads
+    assert len(figure.axes) == 3 * (1 + 2) + 1  # one row per image: the input and both heads; the colour bar
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns() -> None:

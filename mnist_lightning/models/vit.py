@@ -243,6 +243,38 @@ class TransformerEncoderViT(nn.Module):
         tokens = self.encoder(self.embedding(images))  # (B, tokens, dim): batch_first
         return self.head(tokens[:, 0])
 
+    def attention_maps(self, images: Tensor) -> Tensor:
+        """Attention probabilities ``(depth, B, heads, tokens, tokens)``, like :meth:`ViT.forward`'s.
+
+        torch's encoder layers do not return their attention (they call ``self_attn`` with ``need_weights=False``,
+        or a fused kernel), so a pre-hook on each layer calls that layer's ``self_attn`` a second time, with
+        ``need_weights=True`` and per-head weights, on exactly the tokens its own attention sees (``norm1`` of the
+        layer's input for pre-norm layers, the input itself for post-norm ones), while the encoder runs as usual.
+        """
+        maps: list[Tensor] = []
+
+        def record(layer: nn.TransformerEncoderLayer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            tokens = args[0] if args else kwargs["src"]
+            seen = layer.norm1(tokens) if layer.norm_first else tokens
+            _, weights = layer.self_attn(
+                seen,
+                seen,
+                seen,
+                attn_mask=kwargs.get("src_mask"),
+                key_padding_mask=kwargs.get("src_key_padding_mask"),
+                need_weights=True,
+                average_attn_weights=False,
+            )
+            maps.append(weights)  # (B, heads, queries, keys), each row a softmax over the keys
+
+        hooks = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in self.encoder.layers]
+        try:
+            self(images)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return torch.stack(maps)
+
 
 class TransformerEncoderClassifier(MNISTClassifier):
     """A ViT on torch's ``nn.TransformerEncoder`` (see :class:`TransformerEncoderViT`); defaults: ``vit_encoder``.
@@ -286,3 +318,13 @@ class TransformerEncoderClassifier(MNISTClassifier):
             norm_first=norm_first,
             head_sizes=head_sizes,
         )
+
+    @torch.no_grad()
+    def attention_maps(self, images: Tensor) -> Tensor:
+        """Attention probabilities ``(depth, B, heads, tokens, tokens)`` for normalized images ``(B, 1, 28, 28)``.
+
+        The same layout as :meth:`ViTClassifier.attention_maps`: each row (a query token) is a softmax over the key
+        tokens and token 0 is the class token. Call ``eval()`` first when dropout is set (the default 0.1): in
+        training mode the weights are the dropped-out ones.
+        """
+        return self.net.attention_maps(images.to(self.device))
