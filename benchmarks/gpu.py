@@ -52,13 +52,14 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))  # this checkout's mnist_lightning: the device machine has no install of it
 sys.path.insert(0, str(HERE))  # speed.py and results.py, also when this file is imported from the tests
 
+import lightning as L  # noqa: E402
 import results  # noqa: E402
 import speed  # noqa: E402
 import torch  # noqa: E402
 
 from mnist_lightning.cli import MNISTLightningCLI, config_dir  # noqa: E402
 from mnist_lightning.data import DATA_DIR_ENV, RAW_FILES, raw_dir, verify_raw_files  # noqa: E402
-from mnist_lightning.timing import TrainTimer  # noqa: E402
+from mnist_lightning.timing import TrainTimer, synchronize  # noqa: E402
 
 SPEEDRUNS = [  # (preset, target mean test accuracy, goal for the mean training seconds)
     ("speedrun", 0.990, 1.0),
@@ -248,22 +249,29 @@ def stage(mnist_gz: Path, packages: list[str]) -> None:
 # --- 1. tests ---------------------------------------------------------------------------------------------------------
 
 
+def needs_cuda(decorator: ast.expr) -> bool:
+    """Whether a test decorator is ``pytest.mark.cuda`` or a ``skipif`` whose condition is about CUDA."""
+    name = ast.unparse(decorator.func if isinstance(decorator, ast.Call) else decorator)
+    if name.endswith("mark.cuda"):
+        return True
+    if name.endswith("mark.skipif") and isinstance(decorator, ast.Call):
+        condition = decorator.args[0] if decorator.args else None
+        return condition is not None and "cuda" in ast.unparse(condition)
+    return False
+
+
 def cuda_only_tests(tests_dir: Path) -> list[str]:
-    """Node ids of the tests that only run with CUDA: those whose decorators (a skipif on
-    ``torch.cuda.is_available()``, or a ``cuda`` mark) mention CUDA."""
+    """Node ids of the tests that only run with CUDA (marked ``cuda``, or skipped unless CUDA is available)."""
     found = []
     for path in sorted(tests_dir.glob("test_*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.FunctionDef)
-                and node.name.startswith("test_")
-                and any("cuda" in ast.unparse(decorator) for decorator in node.decorator_list)
-            ):
+            if isinstance(node, ast.FunctionDef) and any(needs_cuda(d) for d in node.decorator_list):
                 found.append(f"{path.relative_to(REPO).as_posix()}::{node.name}")
     return found
 
 
 def child_env() -> dict[str, str]:
+    """This process's environment, with this checkout importable (the device machine has no install of it)."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline"}
 
@@ -461,6 +469,25 @@ def mlp_gap(rows: list[dict[str, Any]]) -> list[str]:
 # --- 4. full recipes ----------------------------------------------------------------------------------------------
 
 
+class ValidationTimer(L.Callback):
+    """Seconds of each validation's batches, from its start to the end of its last batch (device synchronised)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.start = 0.0
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize(trainer.strategy.root_device)
+        self.start = time.perf_counter()
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
+    ) -> None:
+        if batch_idx + 1 >= trainer.num_val_batches[0]:
+            synchronize(trainer.strategy.root_device)
+            self.seconds.append(time.perf_counter() - self.start)
+
+
 def probe(preset: str, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """A few training steps and validation batches of ``preset``; the seconds its whole recipe would take."""
     steps, val = (2, 2) if opts.tiny else (opts.probe_steps, 2)
@@ -469,11 +496,14 @@ def probe(preset: str, opts: argparse.Namespace, workdir: Path) -> dict[str, Any
     args += ["--trainer.max_epochs=2", f"--trainer.limit_train_batches={steps}", f"--trainer.limit_val_batches={val}"]
     args += ["--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false"]
     cli = speed.build(args, workdir)
-    timer = TrainTimer()
-    cli.trainer.callbacks.append(timer)
+    timer, validation = TrainTimer(), ValidationTimer()
+    cli.trainer.callbacks.extend([timer, validation])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    step_s = timer.epoch_seconds[-1] / steps  # the second epoch: warmed up
-    val_s = max(0.0, (timer.train_seconds or 0.0) - sum(timer.epoch_seconds)) / (2 * val)  # checkpoints included
+    # the second epoch's figures: the first pays for warm-up
+    step_s, val_s = timer.epoch_seconds[-1] / steps, validation.seconds[-1] / val
+    # what an epoch costs besides its batches: checkpoints, figures, the hooks at its end
+    rest = (timer.train_seconds or 0.0) - sum(timer.epoch_seconds) - sum(validation.seconds)
+    epoch_extra_s = max(0.0, rest) / len(timer.epoch_seconds)
     dm = cli.datamodule
     sizes = dm.split_sizes
     epochs = 1 if opts.tiny else results.recipe_epochs(preset)
@@ -484,8 +514,15 @@ def probe(preset: str, opts: argparse.Namespace, workdir: Path) -> dict[str, Any
         val_batches = math.ceil(sizes["val"] / dm.eval_batch_size)
         test_batches = math.ceil(sizes["test"] / dm.eval_batch_size)
     setup_s = time.perf_counter() - start - (timer.train_seconds or 0.0)
-    projected = epochs * (train_batches * step_s + val_batches * val_s) + test_batches * val_s + setup_s
-    return {"step_ms": 1e3 * step_s, "val_batch_ms": 1e3 * val_s, "epochs": epochs, "projected_s": projected}
+    projected = epochs * (train_batches * step_s + val_batches * val_s + epoch_extra_s) + test_batches * val_s + setup_s
+    return {
+        "step_ms": 1e3 * step_s,
+        "val_batch_ms": 1e3 * val_s,
+        "epoch_extra_s": epoch_extra_s,
+        "setup_s": setup_s,
+        "epochs": epochs,
+        "projected_s": projected,
+    }
 
 
 def merge_rows(committed: dict[str, dict], new: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
@@ -575,6 +612,17 @@ HOWTO = f"""## Running it on the device
    writes `gpu.md`/`gpu.json` as it ends, so even a run cut short brings back what it measured.
 3. Copy `gpu.md`, `gpu.json`, `results.json` and `results.md` from the call's files into `benchmarks/` and commit;
    `gpu.log` is the full output. Each part's cap is an option (`--help`); `--skip PART` leaves parts out.
+"""
+
+
+PLACEHOLDER = """# mnist-lightning on a GPU
+
+No GPU run yet: no H100 or H200 has been available to this project so far. `benchmarks/gpu.py` is ready for one
+device session of 15 minutes (machine start-up included): one call of at most 10 minutes replaces this page with
+its tables (hardware, torch and lightning versions, date; the speedruns over 10 to 30 seeds, mean ± std; fit
+against the plain loop and bare Lightning in 32-bit, bf16-mixed and compiled variants; the full recipes that fit;
+the CUDA-only tests and, with two or more GPUs, DDP over NCCL) and adds the GPU rows to `results.md`. Its tiny CPU
+mode (`python benchmarks/gpu.py --tiny --out tmp`) runs in the test suite, so the script keeps working meanwhile.
 """
 
 
