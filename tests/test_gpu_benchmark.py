@@ -146,6 +146,22 @@ def test_tiny_mode_lists_the_cuda_tests_and_says_why_ddp_did_not_run(tiny_run) -
     assert "DDP: 0 GPU(s): DDP with NCCL needs at least 2, not run." in (out / "gpu.md").read_text()
 
 
+def test_cuda_only_tests_are_the_ones_skipped_without_cuda(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "import pytest, torch\n"
+        "@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')\n"
+        "def test_on_gpu(): pass\n"
+        "@pytest.mark.cuda\n"
+        "def test_marked(): pass\n"
+        "@pytest.mark.parametrize('device', ['cuda', 'cpu'])\n"
+        "def test_any_device(device): pass\n"
+        "@pytest.mark.skipif(sys.platform == 'win32', reason='posix')\n"
+        "def test_posix(): pass\n"
+    )
+    assert gpu.cuda_only_tests(tmp_path / "tests") == ["tests/test_x.py::test_on_gpu", "tests/test_x.py::test_marked"]
+
+
 def test_a_part_gets_its_cap_or_what_is_left() -> None:
     clock = FakeClock()
     budget = gpu.Budget(100, clock)
@@ -213,6 +229,16 @@ def test_a_capped_row_never_replaces_a_full_one() -> None:
     assert rows["convnet"]["hardware"] == "H200" and rows["mlp_strong"]["hardware"] == "H200"
     assert rows["cnn_strong"]["hardware"] == "CPU" and rows["vit"]["hardware"] == "CPU"
     assert notes == ["`cnn_strong`: kept the committed 15-epoch row (CPU)"]
+
+
+def test_capped_rows_are_remeasured_first_then_the_cheapest() -> None:
+    committed = {
+        "convnet": {"epochs": 1, "recipe_epochs": 10},
+        "vit": {"epochs": 1, "recipe_epochs": 10},
+        "cnn_strong": {"epochs": 15, "recipe_epochs": 15},
+    }
+    projected = {"cnn_strong": 20.0, "vit": 90.0, "convnet": 40.0, "vit_encoder": 60.0}
+    assert gpu.recipe_order(projected, committed) == ["convnet", "vit_encoder", "vit", "cnn_strong"]
 
 
 def test_the_gzipped_mnist_is_decompressed_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
