@@ -10,7 +10,8 @@ On one H100 or H200, in this order, each part under its own time cap inside one 
 3. ``benchmarks/speed.py``'s comparison (fit, the plain loop, bare Lightning) for the MLP, the convnet and the ViT,
    in 32-bit, bf16-mixed and compiled variants, and what separates fit from the plain loop for the MLP;
 4. full recipes through ``benchmarks/results.py``: each preset is probed for a few steps first, and runs only when
-   the projected time fits what is left (cheapest first); a preset that still overruns is stopped at its cap.
+   the projected time fits what is left (presets whose committed row is capped first, then the cheapest); a preset
+   that still overruns is stopped at its cap.
 
 Writes ``gpu.md`` and ``gpu.json`` (after every part, so a run cut short keeps what it measured) and ``results.json``
 and ``results.md``: the committed results with the new rows merged in. ``--tiny`` runs every part on a few batches
@@ -371,7 +372,8 @@ def run_speedrun(part: Part, preset: str, target: float, goal_s: float, opts: ar
         # untimed: the CUDA context, cuDNN's and cuBLAS's start-up and any compilation happen here
         start = time.perf_counter()
         warmup = ["--trainer.max_epochs=1", f"--trainer.limit_train_batches={2 if opts.tiny else 10}"]
-        fit_once(preset, 10_000, [*extra, *warmup], Path(workdir) / "warmup", test=False)
+        with hard_cap(part.left()):
+            fit_once(preset, 10_000, [*extra, *warmup], Path(workdir) / "warmup", test=False)
         report["warmup_s"] = time.perf_counter() - start
         seeds = list(range(opts.first_seed, opts.first_seed + opts.seeds))
 
