@@ -22,6 +22,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,11 @@ def recipe_epochs(preset: str) -> int:
     raise ValueError(f"no trainer.max_epochs for {preset}")
 
 
-def run_preset(preset: str, max_epochs: int | None, workdir: Path) -> dict[str, Any]:
-    """Fit one preset from its config, test its best-validation checkpoint, and return the table row."""
+def run_preset(preset: str, max_epochs: int | None, workdir: Path, extra_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Fit one preset from its config, test its best-validation checkpoint, and return the table row.
+
+    ``extra_args`` are more command-line options for the CLI (benchmarks/gpu.py's tiny mode limits the batches).
+    """
     config = CONFIGS / f"{preset}.yaml"
     if not config.is_file():
         raise FileNotFoundError(f"no preset {config}; choose from {', '.join(CATALOGUE_PRESETS + STRONG_PRESETS)}")
@@ -97,6 +101,7 @@ def run_preset(preset: str, max_epochs: int | None, workdir: Path) -> dict[str, 
     args = ["--config", str(CONFIGS / "defaults.yaml"), "--config", str(config)]
     args += ["--trainer.max_epochs", str(epochs), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     args += ["--trainer.default_root_dir", str(workdir / preset), "--checkpoint.dirpath", str(workdir / preset)]
+    args += list(extra_args)
     cli = MNISTLightningCLI(args=args, run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -15,6 +15,7 @@ a torchvision DataLoader with per-image ToTensor + Normalize for comparison. Wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -145,10 +146,17 @@ class PlainLoop:
     """The floor: shuffle, slice, normalize, forward, cross-entropy, backward, step, over tensors on the device."""
 
     def __init__(
-        self, net: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor, batch_size: int
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        precision: str = "32-true",
     ) -> None:
         self.net, self.optimizer = net, optimizer
         self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.precision = precision  # the Trainer's: the plain loop follows bf16-mixed with the same autocast
         self.epochs_done = 0  # seeds each epoch's shuffle
 
     @torch.enable_grad()
@@ -162,13 +170,21 @@ class PlainLoop:
         order = torch.randperm(len(labels), generator=generator).to(device)
         for first in range(0, len(labels), self.batch_size):
             index = order[first : first + self.batch_size]
-            loss = F.cross_entropy(self.net(plain_normalize(images[index])), labels[index])
+            with autocast(device, self.precision):
+                loss = F.cross_entropy(self.net(plain_normalize(images[index])), labels[index])
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
         synchronize(device)
         self.epochs_done += 1
         return time.perf_counter() - start
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast Lightning's ``bf16-mixed`` runs the forward pass in; nothing for other precisions."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class PlainEpochAfterEach(L.Callback):
@@ -210,6 +226,9 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         print(f"{name}: skipped: {note}", flush=True)
         return ModelResult(name=name, source="", skipped=note)
     args, source = [f"--config={path}"], f"configs/{preset}"
+    # --precision and --compile apply to fit, bare Lightning and the plain loop alike
+    args += [f"--trainer.precision={opts.precision}"] if getattr(opts, "precision", None) else []
+    args += ["--model.init_args.compile=true"] if getattr(opts, "compile", False) else []
     limits = [f"--trainer.limit_train_batches={opts.train_batches}"] if opts.train_batches else []
     limits += ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=3"] if opts.tiny else []
     with tempfile.TemporaryDirectory() as workdir:
@@ -220,11 +239,14 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         model, dm, trainer = cli.model, cli.datamodule, cli.trainer
         device = trainer.strategy.root_device
         plain_model, bare_source = copy.deepcopy(model).to(device), copy.deepcopy(model)  # the same initial weights
+        plain_model.configure_model()  # compile (if asked) as fit's Trainer does
+        bare_source.configure_model()
         dm.setup("fit")
         all_batches = len(dm.train_dataloader())
         num_batches = min(all_batches, opts.train_batches or all_batches)
         images, labels = (t[: num_batches * dm.batch_size].to(device) for t in dm.splits["train"])
-        plain = PlainLoop(plain_model.net, plain_model.build_optimizer(), images, labels, dm.batch_size)
+        precision = str(trainer.precision)
+        plain = PlainLoop(plain_model.net, plain_model.build_optimizer(), images, labels, dm.batch_size, precision)
 
         # a plain epoch after each fit epoch and after each bare-Lightning epoch; each is compared with its own
         timer, eval_timer = TrainTimer(), EvalTimer()
@@ -237,7 +259,8 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         test_images = dm.splits["test"][0].to(device)
         if opts.tiny:
             test_images = test_images[: 3 * dm.eval_batch_size]
-        plain_inference_rate = plain_inference(plain_model.net, test_images, dm.eval_batch_size)
+        with autocast(device, precision):
+            plain_inference_rate = plain_inference(plain_model.net, test_images, dm.eval_batch_size)
 
     fit_s, plain_s = steady_epoch(timer.epoch_seconds), steady_epoch(plain_beside_fit.epoch_seconds)
     result = ModelResult(
@@ -432,6 +455,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=5, help="speedrun seeds")
     parser.add_argument("--first-seed", type=int, default=0, help="the first speedrun seed")
     parser.add_argument("--models", default="mlp_128_64,convnet,vit", help="comma-separated subset of the models")
+    parser.add_argument(
+        "--precision",
+        choices=["32-true", "bf16-mixed"],
+        default=None,
+        help="precision of every model (default: the preset's); the plain loop uses the same autocast",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile every network (fit, bare and plain)")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for speed.md and speed.json")
     opts = parser.parse_args(argv)
     if opts.tiny:
