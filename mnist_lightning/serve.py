@@ -102,12 +102,18 @@ def read_request_image() -> str:
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise BadRequest(f"the body is not valid JSON; {SEND}") from None
     if not isinstance(data, dict):
-        raise BadRequest(f"the body is JSON {type(data).__name__}, not an object; {SEND}")
+        raise BadRequest(f"the body is a JSON {json_type(data)}, not an object; {SEND}")
     if "image" not in data:
         raise BadRequest(f'the JSON object has no "image"; {SEND}')
     if not isinstance(data["image"], str):
-        raise BadRequest(f'"image" is {type(data["image"]).__name__}, not a string; {SEND}')
+        raise BadRequest(f'"image" is a JSON {json_type(data["image"])}, not a string; {SEND}')
     return data["image"]
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def json_error(err: HTTPException) -> Response:
@@ -218,7 +224,9 @@ def start_server(
     from werkzeug.serving import make_server, select_address_family
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535 (0 picks a free port), got {port}")
+        raise ConfigError(
+            f"the port must be between 0 and 65535, got {port}; pass --port 8000, or --port 0 for a free one"
+        )
     app = create_app(model, title=f"{type(model).__name__} · {Path(ckpt_path).name}")
     # bind here so a busy port is one clear error (werkzeug would print its own lines and exit)
     try:
