@@ -96,7 +96,10 @@ def read_request_image() -> str:
     if request.mimetype != "application/json":
         # JSON only: it also keeps other web pages from posting here with a plain HTML form
         raise UnsupportedMediaType(f"Content-Type is {request.mimetype or 'missing'}; {SEND}")
-    body = request.get_data(cache=False)  # RequestEntityTooLarge past MAX_CONTENT_LENGTH
+    body = request.get_data(cache=False)  # RequestEntityTooLarge when Content-Length is over MAX_CONTENT_LENGTH
+    if request.content_length is None and len(body) >= MAX_UPLOAD_BYTES:
+        # a chunked body (no Content-Length) is cut at the limit without an error: the rest was not read
+        raise RequestEntityTooLarge()
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
@@ -208,9 +211,22 @@ def create_app(model: MNISTClassifier, title: str = "", max_pixels: int = MAX_PI
 
 
 class RequestHandler(WSGIRequestHandler):
-    """Werkzeug's handler with a socket timeout, so that a stalled client cannot hold a thread forever."""
+    """Werkzeug's handler with a socket timeout, so that a stalled client cannot hold a thread forever, and JSON
+    errors for requests too malformed to reach Flask (a garbled request line, too many or too long headers)."""
 
     timeout = SOCKET_TIMEOUT_S
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's error page, as ``{"error": ...}`` instead of HTML."""
+        self.log_error("code %d, message %s", code, message)
+        body = json.dumps({"error": f"{message or self.responses.get(code, ('error',))[0]}; {SEND}"}).encode()
+        self.send_response(code)  # the standard reason phrase: message may hold what the client sent
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
 
 
 def start_server(

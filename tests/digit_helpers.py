@@ -10,6 +10,7 @@ import selectors
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -39,7 +40,10 @@ def serving(ckpt_path: Path) -> Iterator[str]:
         env=env,
     )
     try:
-        yield wait_for_address(server, timeout=120)
+        address = wait_for_address(server, timeout=120)
+        # keep reading what it prints, so that a full pipe never blocks it (a 500 logs a traceback)
+        threading.Thread(target=server.stdout.read, daemon=True).start()  # type: ignore[union-attr]
+        yield address
     finally:
         server.terminate()
         try:

@@ -12,6 +12,8 @@ import http.client
 import io
 import json
 import logging
+import re
+import socket
 import statistics
 import threading
 import time
@@ -223,6 +225,67 @@ def test_a_body_over_the_limit_gets_413_unread(address: str, known_digits: list[
     assert len(body) == size
     assert_json_error(*request(address, "POST", "/predict", body, JSON), 413, "the body is over 4 MB")
     assert_still_answers(address, known_digits)
+
+
+def raw_request(address: str, data: bytes) -> tuple[int | None, dict[str, str], bytes]:
+    """Bytes sent as they are on a socket; the answer's status, headers and body.
+
+    A request line too garbled to tell its HTTP version gets an HTTP/0.9 answer (the body alone, then the server
+    closes): status None.
+    """
+    url = urlsplit(address)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as connection:
+        connection.sendall(data)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+            head, found, body = answer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if answer.startswith(b"HTTP/") and found and length and len(body) >= int(length.group(1)):
+                break  # complete (over a limit, the server may keep reading what the client still sends)
+    if not answer.startswith(b"HTTP/"):
+        return None, {}, answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, body
+
+
+def chunked(body: bytes, size: int = 2**20) -> bytes:
+    """A body in Transfer-Encoding: chunked, which carries no Content-Length."""
+    pieces = (body[i : i + size] for i in range(0, len(body), size))
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+CHUNKED = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected", "phrase"),
+    [
+        (b"HELLO THERE\r\n\r\n", None, "Bad HTTP/0.9 request type"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "Request-URI Too Long"),
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n", 431, "Too many headers"),
+        (b"GET / HTTP/1.1\r\nX-Long: " + b"y" * 70_000 + b"\r\n\r\n", 431, "Line too long"),
+        (CHUNKED + chunked(b'{"image": "' + b"A" * (6 * 2**20) + b'"}'), 413, "the body is over 4 MB"),
+        (b"POST /predict HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: -5\r\n\r\n{}", 400, "JSON"),
+    ],
+    ids=["garbled-request-line", "long-url", "many-headers", "long-header", "chunked-6MB", "negative-length"],
+)
+def test_a_malformed_http_request_gets_a_json_4xx(
+    address: str, known_digits: list[tuple[bytes, int]], data: bytes, expected: int | None, phrase: str
+) -> None:
+    status, headers, body = raw_request(address, data)
+    assert status == expected, (status, headers, body[:300])
+    assert expected is None or headers["Content-Type"] == "application/json", headers
+    assert phrase in json.loads(body)["error"]
+    assert_still_answers(address, known_digits)
+
+
+def test_a_chunked_body_within_the_limit_is_read(address: str, known_digits: list[tuple[bytes, int]]) -> None:
+    png, label = known_digits[1]
+    status, _, body = raw_request(address, CHUNKED + chunked(predict_body(png), size=1000))
+    assert status == 200 and json.loads(body)["prediction"] == label
 
 
 class BrokenModel(torch.nn.Module):
