@@ -27,6 +27,7 @@ import pytest
 import torch
 from digit_helpers import digit_png, encode, huge_png, jpeg_claiming, python_path, serving
 from PIL import Image
+from tiny_models import TinyCNNClassifier
 
 from mnist_lightning.cli import main
 from mnist_lightning.data import normalize
@@ -57,12 +58,10 @@ def known_digits(cnn_checkpoint: Path, mnist_test: tuple[np.ndarray, np.ndarray]
 
     Chosen by running the model here on the digit prepared from the same PNG; the server must then say the same.
     """
-    from mnist_lightning.commands import load_model
-
     images, labels = mnist_test
     pngs = [digit_png(images[i]) for i in range(160)]
     digits = np.stack([prepare_digit(Image.open(io.BytesIO(png))) for png in pngs])
-    model = load_model(cnn_checkpoint)
+    model = TinyCNNClassifier.load_from_checkpoint(cnn_checkpoint, map_location="cpu", weights_only=True).eval()
     with torch.no_grad():
         predicted = model(normalize(torch.from_numpy(digits).float().div(255).unsqueeze(1))).argmax(dim=1).numpy()
     pairs = zip(pngs, labels[: len(pngs)], predicted, strict=True)
@@ -315,15 +314,15 @@ def test_a_bug_is_a_500_with_its_traceback_in_the_log(
 def test_a_port_outside_0_to_65535_is_one_line(
     cnn_checkpoint: Path, capsys: pytest.CaptureFixture[str], port: str
 ) -> None:
+    # the command line (whichever of its parser and serve() refuses it first) ...
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "--ckpt_path", str(cnn_checkpoint), "--port", port])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code != 0
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [
-        f"mnist-lightning: error: the port must be between 0 and 65535, got {port}; pass --port 8000, "
-        "or --port 0 for a free one"
-    ]
-    with pytest.raises(ConfigError, match="the port must be between 0 and 65535"):
+    assert len(lines) == 1 and lines[0].startswith("mnist-lightning: error: ") and "65535" in lines[0], lines
+    assert port in lines[0]
+    # ... and Python code calling serve() directly
+    with pytest.raises(ConfigError, match=rf"the port must be between 0 and 65535, got {port};"):
         serve(BrokenModel(), cnn_checkpoint, port=int(port))  # type: ignore[arg-type]
 
 
