@@ -4,15 +4,27 @@ MNIST's digits were size-normalized to fit a 20×20 box (keeping their aspect ra
 centred by their centre of mass in a 28×28 frame, white ink on black. :func:`prepare_digit` does the same to
 any picture of one digit: a photo or scan (dark ink on light paper) or a drawing (light on dark), any size,
 colour or grey. Only numpy and Pillow are used, so the same steps work next to an exported model.
+
+Files come from anywhere, so reading them is guarded: :func:`open_image` checks the pixel count in the header
+before anything is decoded (:data:`MAX_PIXELS`), opens only the formats of :data:`IMAGE_SUFFIXES` (never, say, EPS,
+which Pillow hands to Ghostscript), decodes JPEGs at a reduced scale, and uses the first frame of animations and
+multi-page files. :func:`prepare_digit` shrinks whatever it gets to at most :data:`WORK_SIZE` pixels a side before
+it makes float arrays, and reads 16-bit, palette, CMYK and transparent images as what they show.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import struct
+import threading
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from mnist_lightning.errors import MNISTLightningError
 
@@ -21,10 +33,100 @@ FRAME = 28  # the MNIST image size
 BOX = 20  # the longer side of the digit inside the frame
 MIN_CONTRAST = 32  # grey levels between paper and the darkest ink below which an image counts as blank
 NOISE_FLOOR = 0.2  # ink weaker than this fraction of the strongest ink is paper texture or JPEG noise
+# The largest image read: a 50-megapixel phone photo (8160×6120) passes; a 15000×15000 scan or a decompression
+# bomb is refused from its header, before a byte is decoded. Decoding one at the limit takes at most ~200 MB (RGBA).
+MAX_PIXELS = 50_000_000
+WORK_SIZE = 2048  # longer side an image is shrunk to (box average) before float arrays are made from it
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # what Pillow may open: those of IMAGE_SUFFIXES
+# What Pillow raises on malformed files (SyntaxError and struct.error from some damaged headers). Caught only around
+# Pillow's calls, and nothing broader, so that a bug of ours or Pillow's still ends with its traceback.
+PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+_OPEN_LOCK = threading.Lock()  # warnings.catch_warnings changes process-wide state (serve opens from threads)
+_TRANSPOSE = {  # EXIF orientation → the transpose that shows the picture upright
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageInputError(MNISTLightningError, ValueError):
     """One image that cannot be turned into a digit; the message names the file and says why."""
+
+
+class UnreadableImageError(ImageInputError):
+    """Not an image of a supported format, or a damaged or truncated one."""
+
+
+class ImageTooLargeError(ImageInputError):
+    """An image with more pixels than :data:`MAX_PIXELS` (or the limit given); refused before decoding."""
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f} megapixels" if pixels >= 10**6 else f"{pixels} pixels"
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"image too large: {width}×{height} pixels ({_megapixels(width * height)}) is over the limit of "
+        f"{_megapixels(max_pixels)}; scale it down (a digit needs no more than about 1000×1000)"
+    )
+
+
+def open_image(source: str | Path | IO[bytes], max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open and decode an image (its first frame) at a bounded cost; close it when done (or use ``with``).
+
+    The size is checked from the header before anything is decoded, and JPEGs over :data:`WORK_SIZE` are decoded
+    at 1/2, 1/4 or 1/8 scale (libjpeg does that for free).
+
+    Raises:
+        ImageTooLargeError: more than ``max_pixels`` pixels.
+        UnreadableImageError: not a PNG, JPEG, BMP, GIF, TIFF or WebP image, or a damaged or truncated one.
+    """
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            # Pillow warns about images over its own limit (89 MP); ours is lower and checked just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source, formats=FORMATS)
+    except UnidentifiedImageError:
+        raise UnreadableImageError(
+            "not an image file Pillow can read; use a PNG or JPEG of one digit (or BMP, GIF, TIFF, WebP)"
+        ) from None
+    except Image.DecompressionBombError as err:  # over twice Pillow's limit: raised before we see the size
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = _megapixels(int(pixels.group(1))) if pixels else "too many pixels"
+        raise ImageTooLargeError(
+            f"image too large: {size} is over the limit of {_megapixels(max_pixels)}; scale it down "
+            "(a digit needs no more than about 1000×1000)"
+        ) from None
+    except PILLOW_ERRORS as err:
+        raise UnreadableImageError(f"could not be read ({err}); save it again as PNG or JPEG") from None
+    try:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise _too_large(width, height, max_pixels)
+        if width < 1 or height < 1:
+            raise UnreadableImageError(f"image has no pixels ({width}×{height}); save it again as PNG or JPEG")
+        if image.format in ("JPEG", "MPO") and max(width, height) > WORK_SIZE:
+            scale = WORK_SIZE / max(width, height)
+            image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+        image.load()
+        if image.size[0] * image.size[1] > max_pixels:  # a format whose frame grew while loading
+            raise _too_large(*image.size, max_pixels)
+    except ImageInputError:
+        image.close()
+        raise
+    except Image.DecompressionBombError:
+        image.close()
+        raise _too_large(width, height, max_pixels) from None
+    except PILLOW_ERRORS as err:
+        image.close()
+        reason = "truncated or damaged" if "truncated" in str(err) else f"could not be read ({err})"
+        raise UnreadableImageError(f"{reason}; save it again as PNG or JPEG") from None
+    return image
 
 
 def prepare_digit(image: Image.Image) -> np.ndarray:
@@ -71,16 +173,57 @@ def prepare_digit(image: Image.Image) -> np.ndarray:
 
 
 def _to_grey(image: Image.Image) -> np.ndarray:
-    """Luminance as float ``(H, W)`` in [0, 255]; transparent areas become the opposite of the ink's shade."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
-        luma = np.asarray(rgba.convert("L"), dtype=np.float32)
+    """Luminance as float ``(H, W)`` in [0, 255], upright, at most :data:`WORK_SIZE` a side; transparent areas
+    become the opposite of the ink's shade."""
+    transpose = _orientation(image)
+    sixteen_bit = image.mode.startswith("I;16")
+    transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode in ("1", "L", "P", "RGB") and "transparency" in image.info  # a colour marked transparent
+    )
+    # one of the modes Image.reduce works on, keeping what the picture shows
+    if transparent:
+        image = image.convert("LA" if image.mode == "La" else "RGBA")
+    elif image.mode in ("I", "F") or sixteen_bit:
+        image = image.convert("F")  # raw values; scaled to 0..255 below
+    elif image.mode in ("1", "P"):
+        image = image.convert("L")
+    elif image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, ...
+    factor = math.ceil(max(image.size) / WORK_SIZE)
+    if factor > 1:
+        image = image.reduce(factor)  # box average: antialiased, and the full-size copy is never made as floats
+    if transpose is not None:
+        image = image.transpose(transpose)
+    if image.mode == "F":
+        return _eight_bit(np.asarray(image, dtype=np.float32), sixteen_bit)
+    if transparent:
+        alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255
+        luma = np.asarray(image.convert("L"), dtype=np.float32)
         ink_shade = (luma * alpha).sum() / max(alpha.sum(), 1e-6)
         behind = 0.0 if ink_shade > 127 else 255.0
         return luma * alpha + behind * (1 - alpha)
     return np.asarray(image.convert("L"), dtype=np.float32)
+
+
+def _eight_bit(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
+    """Integer or float samples on the 0..255 scale: 16-bit ones divided by 257, floats in [0, 1] times 255."""
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(values.max()) if values.size else 0.0
+    if sixteen_bit or 255 < top <= 65535:
+        values = values / 257
+    elif top > 65535:
+        values = values * (255 / top)
+    elif 0 < top <= 1:
+        values = values * 255
+    return np.clip(values, 0.0, 255.0)
+
+
+def _orientation(image: Image.Image) -> Image.Transpose | None:
+    """The transpose that the EXIF orientation tag asks for; None without one (or with unreadable EXIF data)."""
+    try:
+        return _TRANSPOSE.get(image.getexif().get(0x0112))  # 0x0112: Orientation
+    except PILLOW_ERRORS:
+        return None
 
 
 def _border(grey: np.ndarray) -> np.ndarray:
@@ -89,21 +232,28 @@ def _border(grey: np.ndarray) -> np.ndarray:
     return np.concatenate([grey[:band].ravel(), grey[-band:].ravel(), grey[:, :band].ravel(), grey[:, -band:].ravel()])
 
 
-def load_digit(path: str | Path) -> np.ndarray:
-    """Read an image file and prepare it with :func:`prepare_digit`; raise ImageInputError naming the file."""
+def load_digit(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file and prepare it with :func:`prepare_digit`; raise ImageInputError naming the file.
+
+    Bounded in time and memory by ``max_pixels`` (see :func:`open_image`).
+    """
     path = Path(path)
+    if not path.exists():
+        raise ImageInputError(f"{path}: no such file")
+    if not path.is_file():  # a FIFO or a device would block the read or never end
+        raise UnreadableImageError(f"{path}: not a regular file; pass image files or folders holding them")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return prepare_digit(image)
+        with open_image(path, max_pixels) as image:
+            try:
+                return prepare_digit(image)
+            except ImageInputError:
+                raise
+            except PILLOW_ERRORS as err:  # a mode Pillow cannot convert, pixel data it cannot hand over
+                raise UnreadableImageError(f"could not be read ({err}); save it again as PNG or JPEG") from None
     except ImageInputError as err:
-        raise ImageInputError(f"{path}: {err}") from None
-    except FileNotFoundError:
-        raise ImageInputError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise ImageInputError(f"{path}: not an image file Pillow can read; use a PNG or JPEG of one digit") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ImageInputError(f"{path}: could not be read ({err}); save it again as PNG or JPEG") from None
+        raise type(err)(f"{path}: {err}") from None
+    except OSError as err:  # opening the file itself: permissions, I/O errors
+        raise UnreadableImageError(f"{path}: could not be read ({err.strerror or err})") from None
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:

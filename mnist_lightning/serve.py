@@ -4,6 +4,12 @@ The page posts the canvas as a PNG to ``/predict`` while you draw; the server pr
 file given to ``predict`` (:func:`mnist_lightning.handwriting.prepare_digit`) and answers with the ten
 probabilities, the 28×28 image the model saw and, for models that expose ``attention_maps(images)`` (the ViTs),
 the class token's attention over the patches in every block and head.
+
+Whatever arrives, the answer is JSON: a request the server cannot use gets a 4xx with ``{"error": "..."}`` that
+says what to send instead (400 not the JSON or image expected, 404/405 wrong route or method, 413 too large a body
+or image, 415 not JSON or an image type it does not read, 422 an image without a digit), and each request costs
+bounded time and memory (:data:`MAX_UPLOAD_BYTES`, :data:`mnist_lightning.handwriting.MAX_PIXELS`, at most
+:data:`DECODE_SLOTS` images decoded at once). A bug is still a 500 (JSON too), with its traceback in the log.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import base64
 import binascii
 import html
 import io
+import json
 import logging
 import math
+import re
 import socket
 import sys
 import threading
@@ -21,18 +29,111 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flask import Flask, Response, jsonify, request
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+)
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
 from mnist_lightning.data import normalize
 from mnist_lightning.errors import ConfigError
-from mnist_lightning.handwriting import ImageInputError, prepare_digit
+from mnist_lightning.handwriting import (
+    MAX_PIXELS,
+    ImageInputError,
+    ImageTooLargeError,
+    UnreadableImageError,
+    open_image,
+    prepare_digit,
+)
 from mnist_lightning.models.base import MNISTClassifier
 
 PAGE = Path(__file__).with_name("serve_page.html")
-MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # a request body over this gets 413, never parsed (the page sends ~10 kB)
+DECODE_SLOTS = 2  # images decoded and prepared at once: bounds memory when many large ones arrive together
+SOCKET_TIMEOUT_S = 30  # a client that stops sending mid-request is dropped after this long
+# the media types of the data URLs accepted, for the formats that handwriting.open_image reads
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/bmp", "image/webp", "image/tiff")
+DATA_URL = re.compile(r"data:([^,;]*)((?:;[^,;]*)*),", re.IGNORECASE)
+SEND = 'send {"image": "data:image/png;base64,..."} (a PNG or JPEG of one digit) as application/json'
+
+
+def decode_image_field(encoded: str) -> bytes:
+    """The bytes of ``"image"``: a base64 data URL of an image type, or bare base64.
+
+    Raises:
+        BadRequest: not base64, or empty.
+        UnsupportedMediaType: a data URL of a type that is not an image format read here.
+    """
+    match = DATA_URL.match(encoded[:256])  # a data URL's header is short: never scan megabytes for one
+    if match:
+        media_type, params = match.group(1).strip().lower(), match.group(2).lower().split(";")
+        if media_type not in IMAGE_TYPES:
+            raise UnsupportedMediaType(f"a data URL of {media_type or 'no type'} is not an image read here; {SEND}")
+        if "base64" not in (p.strip() for p in params):
+            raise BadRequest(f"the data URL is not base64-encoded; {SEND}")
+        encoded = encoded[match.end() :]
+    try:
+        # whitespace (line-wrapped base64) is allowed; any other character outside the alphabet is an error
+        raw = base64.b64decode("".join(encoded.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f'"image" is not valid base64; {SEND}') from None
+    if not raw:
+        raise BadRequest(f'"image" is empty; {SEND}')
+    return raw
+
+
+def read_request_image() -> str:
+    """The ``"image"`` string of the request's JSON body, or the HTTP error that says what was wrong."""
+    if request.mimetype != "application/json":
+        # JSON only: it also keeps other web pages from posting here with a plain HTML form
+        raise UnsupportedMediaType(f"Content-Type is {request.mimetype or 'missing'}; {SEND}")
+    body = request.get_data(cache=False)  # RequestEntityTooLarge when Content-Length is over MAX_CONTENT_LENGTH
+    if request.content_length is None and len(body) >= MAX_UPLOAD_BYTES:
+        # a chunked body (no Content-Length) is cut at the limit without an error: the rest was not read
+        raise RequestEntityTooLarge()
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        raise BadRequest(f"the body is not valid JSON; {SEND}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"the body is a JSON {json_type(data)}, not an object; {SEND}")
+    if "image" not in data:
+        raise BadRequest(f'the JSON object has no "image"; {SEND}')
+    if not isinstance(data["image"], str):
+        raise BadRequest(f'"image" is a JSON {json_type(data["image"])}, not a string; {SEND}')
+    return data["image"]
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def json_error(err: HTTPException) -> Response:
+    """Any HTTP error as ``{"error": description}`` with its status and headers (such as 405's Allow)."""
+    response = err.get_response()
+    message = err.description
+    if message == type(err).description:  # werkzeug's generic text: say what this server has instead
+        if isinstance(err, NotFound):
+            message = f"no page at {request.path}; this server has GET / (the drawing page) and POST /predict"
+        elif isinstance(err, MethodNotAllowed):
+            allowed = ", ".join(sorted(set(err.valid_methods or []) - {"HEAD", "OPTIONS"}))
+            message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        elif isinstance(err, RequestEntityTooLarge):
+            message = f"the body is over {MAX_UPLOAD_BYTES // 2**20} MB; {SEND}"
+    response.set_data(json.dumps({"error": message}))
+    response.content_type = "application/json"
+    return response
 
 
 def class_token_attention(model: MNISTClassifier, images: Tensor) -> list[list[list[float]]] | None:
@@ -55,7 +156,11 @@ def class_token_attention(model: MNISTClassifier, images: Tensor) -> list[list[l
 
 def predict_drawing(model: MNISTClassifier, image: Image.Image) -> dict[str, Any]:
     """Prepare one drawing and run the model: probabilities, predicted digit, 28×28 pixels, attention or None."""
-    digit = prepare_digit(image)
+    return predict_digit(model, prepare_digit(image))
+
+
+def predict_digit(model: MNISTClassifier, digit: np.ndarray) -> dict[str, Any]:
+    """Run the model on one prepared ``(28, 28)`` uint8 digit: as :func:`predict_drawing` returns."""
     device = next(model.parameters()).device
     pixels = torch.from_numpy(digit).to(device)
     images = normalize(pixels.float().div(255)).view(1, 1, 28, 28)
@@ -70,13 +175,18 @@ def predict_drawing(model: MNISTClassifier, image: Image.Image) -> dict[str, Any
     }
 
 
-def create_app(model: MNISTClassifier, title: str = "") -> Flask:
+def create_app(model: MNISTClassifier, title: str = "", max_pixels: int = MAX_PIXELS) -> Flask:
     """The Flask app: ``GET /`` the drawing page, ``POST /predict`` with ``{"image": "data:image/png;base64,..."}``."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
     model.eval()
     lock = threading.Lock()  # one forward pass at a time: modules are not guaranteed thread-safe
+    decoding = threading.BoundedSemaphore(DECODE_SLOTS)
     page = PAGE.read_text().replace("{{title}}", html.escape(title or type(model).__name__))
+
+    # every HTTP error as JSON: 400, 404, 405, 413, 415, 422, and the 500 Flask makes of an unhandled exception
+    # (which it logs with its traceback first); other exceptions are never caught here
+    app.register_error_handler(HTTPException, json_error)
 
     @app.get("/")
     def index() -> Response:
@@ -84,35 +194,73 @@ def create_app(model: MNISTClassifier, title: str = "") -> Flask:
 
     @app.post("/predict")
     def predict() -> tuple[Response, int]:
-        data = request.get_json(silent=True) or {}
-        encoded = str(data.get("image", ""))
+        raw = decode_image_field(read_request_image())
         try:
-            raw = base64.b64decode(encoded.split(",", 1)[-1], validate=True)
-            with Image.open(io.BytesIO(raw)) as image:
-                image.load()
-                with lock:
-                    return jsonify(predict_drawing(model, image)), 200
-        except ImageInputError as err:
+            with decoding, open_image(io.BytesIO(raw), max_pixels) as image:
+                digit = prepare_digit(image)
+        except ImageTooLargeError as err:
+            raise RequestEntityTooLarge(str(err)) from None
+        except UnreadableImageError as err:
+            raise BadRequest(str(err)) from None
+        except ImageInputError as err:  # a readable image without a digit in it
             return jsonify({"error": str(err)}), 422
-        except (binascii.Error, UnidentifiedImageError, OSError, ValueError):
-            return jsonify({"error": 'send {"image": "data:image/png;base64,..."} with a PNG or JPEG'}), 400
+        with lock:
+            return jsonify(predict_digit(model, digit)), 200
 
     return app
 
 
-def serve(model: MNISTClassifier, ckpt_path: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the drawing page for ``model`` until interrupted; port 0 picks a free port (printed)."""
+class RequestHandler(WSGIRequestHandler):
+    """Werkzeug's handler with a socket timeout, so that a stalled client cannot hold a thread forever, and JSON
+    errors for requests too malformed to reach Flask (a garbled request line, too many or too long headers)."""
+
+    timeout = SOCKET_TIMEOUT_S
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's error page, as ``{"error": ...}`` instead of HTML."""
+        self.log_error("code %d, message %s", code, message)
+        body = json.dumps({"error": f"{message or self.responses.get(code, ('error',))[0]}; {SEND}"}).encode()
+        self.send_response(code)  # the standard reason phrase: message may hold what the client sent
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+
+def start_server(
+    model: MNISTClassifier, ckpt_path: str | Path, host: str = "127.0.0.1", port: int = 8000
+) -> BaseWSGIServer:
+    """Bind the drawing page's server for ``model`` (not yet serving: call ``serve_forever``); port 0 picks one.
+
+    Raises:
+        ConfigError: ``port`` outside 0..65535, or ``host:port`` cannot be listened on.
+    """
     from werkzeug.serving import make_server, select_address_family
 
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(
+            f"the port must be between 0 and 65535, got {port}; pass --port 8000, or --port 0 for a free one"
+        )
     app = create_app(model, title=f"{type(model).__name__} · {Path(ckpt_path).name}")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request while drawing
     # bind here so a busy port is one clear error (werkzeug would print its own lines and exit)
     try:
         listener = socket.create_server((host, port), family=select_address_family(host, port))
     except OSError as err:
         raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}); pick another --port") from None
-    server = make_server(host, listener.getsockname()[1], app, threaded=True, fd=listener.fileno())
-    listener.close()  # the server holds its own duplicate of the socket
+    try:
+        return make_server(
+            host, listener.getsockname()[1], app, threaded=True, request_handler=RequestHandler, fd=listener.fileno()
+        )
+    finally:
+        listener.close()  # the server holds its own duplicate of the socket
+
+
+def serve(model: MNISTClassifier, ckpt_path: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the drawing page for ``model`` until interrupted; port 0 picks a free port (printed)."""
+    server = start_server(model, ckpt_path, host, port)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request while drawing
     print(f"Serving {ckpt_path} on http://{host}:{server.port}/ (Ctrl+C to stop)", flush=True)
     try:
         server.serve_forever()
