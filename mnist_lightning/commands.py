@@ -12,6 +12,10 @@ from mnist_lightning.export import FORMATS
 from mnist_lightning.outputs import ensure_writable_file
 
 EXTRA_COMMANDS = ("serve", "export")
+TRUSTED_MODEL_HELP = (
+    "full class path of a classifier defined outside mnist-lightning that the checkpoint holds (it is imported, "
+    "so name only code you trust); this package's classifiers need nothing"
+)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -40,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     about = "a local page to draw digits and see the model's probabilities as you draw"
     serve = commands.add_parser("serve", help=about, description=about)
     serve.add_argument("--ckpt_path", required=True, help="checkpoint written by mnist-lightning fit")
+    serve.add_argument("--model", default=None, help=TRUSTED_MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=port_number, default=8000, help="port; 0 picks a free one (default: %(default)s)")
     about = (
@@ -48,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export = commands.add_parser("export", help=about, description=about)
     export.add_argument("--ckpt_path", required=True, help="checkpoint written by mnist-lightning fit")
+    export.add_argument("--model", default=None, help=TRUSTED_MODEL_HELP)
     export.add_argument("--format", choices=list(FORMATS), default="onnx", help="(default: %(default)s)")
     export.add_argument(
         "--output", default=None, help="file to write (default: the checkpoint's path with .onnx, .pt or .pt2)"
@@ -63,11 +69,11 @@ def run_extra_command(args: list[str]) -> None:
 
         output = options.output or Path(options.ckpt_path).with_suffix(FORMATS[options.format])
         ensure_writable_file(output, "the export file (--output)")  # before the model is loaded and traced
-        model = load_classifier(options.ckpt_path)
+        model = load_classifier(options.ckpt_path, trusted=[options.model] if options.model else [])
         written = export_model(model, output, options.format)
         print(f"Exported {type(model).__name__} as {options.format} to {written}", file=sys.stderr)
     else:
         from mnist_lightning.serve import serve
 
-        model = load_classifier(options.ckpt_path)
+        model = load_classifier(options.ckpt_path, trusted=[options.model] if options.model else [])
         serve(model, options.ckpt_path, options.host, options.port)

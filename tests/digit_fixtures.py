@@ -14,6 +14,7 @@ import pytest
 from conftest import MNIST_DIR, run_cli
 from digit_helpers import python_path
 
+from mnist_lightning.checkpoints import find_last
 from mnist_lightning.data import DATA_DIR_ENV, load_split
 
 
@@ -38,7 +39,7 @@ def cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--trainer.enable_progress_bar",
             "false",
         )
-    return folder / "runs" / "checkpoints" / "last.ckpt"
+    return find_last(folder / "runs")
 
 
 @pytest.fixture(scope="session")

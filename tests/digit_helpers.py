@@ -28,12 +28,12 @@ def python_path() -> str:
 
 
 @contextlib.contextmanager
-def serving(ckpt_path: Path) -> Iterator[str]:
+def serving(ckpt_path: Path, model: str = "tiny_models.TinyCNNClassifier") -> Iterator[str]:
     """``mnist-lightning serve`` on a free port of 127.0.0.1; yields its address and stops it afterwards."""
     exe = Path(sys.executable).with_name("mnist-lightning")
     env = {**os.environ, "PYTHONPATH": python_path(), "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
-        [str(exe), "serve", "--ckpt_path", str(ckpt_path), "--host", "127.0.0.1", "--port", "0"],
+        [str(exe), "serve", "--ckpt_path", str(ckpt_path), "--model", model, "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

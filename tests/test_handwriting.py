@@ -24,6 +24,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 from tiny_models import TinyAttentionClassifier, TinyCNNClassifier
 
+from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.cli import main
 from mnist_lightning.data import normalize
 from mnist_lightning.handwriting import (
@@ -34,6 +35,8 @@ from mnist_lightning.handwriting import (
     prepare_digit,
 )
 
+# the tiny test classifiers live outside the package: commands must be told to trust (import) them
+TRUST = ("--model", "tiny_models.TinyCNNClassifier")
 pytest_plugins = ["digit_fixtures"]  # cnn_checkpoint, mnist_test: shared with test_serve.py, trained once
 CHROMIUM_PATHS = (Path("/usr/bin/chromium"), Path("/usr/bin/chromium-browser"))
 
@@ -142,7 +145,7 @@ def test_predict_reads_handwriting_from_image_files(
     Image.new("RGB", (400, 300), (235, 230, 215)).save(folder / "blank.jpg")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
 
-    result = run_cli("predict", "--ckpt_path", str(cnn_checkpoint), "--data.predict_images", str(folder))
+    result = run_cli("predict", "--ckpt_path", str(cnn_checkpoint), *TRUST, "--data.predict_images", str(folder))
     out = isolated / "runs" / "predictions.csv"
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["file", "prediction"] + [f"prob_{k}" for k in range(10)] + ["error"]
@@ -162,7 +165,7 @@ def test_predict_reads_handwriting_from_image_files(
     out.unlink()
     monkeypatch.setattr(sys, "argv", ["mnist-lightning"])
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--ckpt_path", str(cnn_checkpoint), "--data.predict_images", "nothing.png"])
+        main(["predict", "--ckpt_path", str(cnn_checkpoint), *TRUST, "--data.predict_images", "nothing.png"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == "mnist-lightning: error: nothing.png: no such file"
     assert not out.exists()
@@ -303,7 +306,7 @@ def test_predict_skips_huge_and_damaged_images_and_reads_the_rest(
     for name, (data, _) in bad.items():
         (folder / name).write_bytes(data)
 
-    result = run_cli("predict", "--ckpt_path", str(cnn_checkpoint), "--data.predict_images", str(folder))
+    result = run_cli("predict", "--ckpt_path", str(cnn_checkpoint), *TRUST, "--data.predict_images", str(folder))
     assert result.returncode == 0 and "Traceback" not in result.stderr and "Warning" not in result.stderr
     rows = {row["file"]: row for row in csv.DictReader((isolated / "runs" / "predictions.csv").open())}
     assert set(rows) == set(expected) | {str(folder / name) for name in bad}
@@ -322,17 +325,16 @@ def test_exported_models_match_pytorch_on_the_whole_test_set(
 ) -> None:
     import onnxruntime
 
-    from mnist_lightning.commands import load_model
     from mnist_lightning.export import export_model
 
     images, labels = mnist_test
-    model = load_model(cnn_checkpoint)
+    model = load_classifier(cnn_checkpoint, trusted=["tiny_models.TinyCNNClassifier"])
     with torch.no_grad():
         logits = model(normalize(torch.from_numpy(images).unsqueeze(1).float() / 255)).numpy()
     probabilities = torch.from_numpy(logits).softmax(dim=1).numpy()
     assert (logits.argmax(axis=1) == labels).mean() > 0.95
 
-    result = run_cli("export", "--ckpt_path", str(cnn_checkpoint), "--format", "onnx", "--output", "model.onnx")
+    result = run_cli("export", "--ckpt_path", str(cnn_checkpoint), *TRUST, "--format", "onnx", "--output", "model.onnx")
     assert "to model.onnx" in result.stderr and not list(isolated.glob(".*.tmp"))
     session = onnxruntime.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]
@@ -487,10 +489,8 @@ def test_drawing_a_digit_in_a_real_browser_shows_the_right_class(
 def test_the_page_shows_the_class_token_attention_of_attention_models(
     browser: Browser, attention_checkpoint: Path, mnist_test: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    from mnist_lightning.commands import load_model
-
-    model = load_model(attention_checkpoint)
-    with serving(attention_checkpoint) as address:
+    model = load_classifier(attention_checkpoint, trusted=["tiny_models.TinyAttentionClassifier"])
+    with serving(attention_checkpoint, model="tiny_models.TinyAttentionClassifier") as address:
         page = browser.new_page()
         page.set_default_timeout(30_000)
         page.goto(address)
