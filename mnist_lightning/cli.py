@@ -44,7 +44,7 @@ from mnist_lightning.reliability import (
     interrupted_by,
 )
 from mnist_lightning.runs import PROJECT_FOLDER, new_run_id, run_directory
-from mnist_lightning.tracking import SaveConfigToRun, is_wandb_logger_config
+from mnist_lightning.tracking import AutoWandbLogger, SaveConfigToRun, WatchHistograms, is_wandb_logger_config
 
 DEBUG_ENV = "MNIST_LIGHTNING_DEBUG"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -256,6 +256,10 @@ class MNISTLightningCLI(LightningCLI):
         monitored = any(isinstance(c, LearningRateMonitor) for c in callbacks)
         if scheduled and trainer_config.get("logger") and not monitored:
             callbacks.append(LearningRateMonitor(logging_interval="step"))  # the schedule on the run page
+        loggers = trainer_config.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if isinstance(logger, AutoWandbLogger) and logger.watch_mode and self.subcommand in (None, "fit"):
+                callbacks.append(WatchHistograms(logger))
         plugins = trainer_config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):

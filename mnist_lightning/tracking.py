@@ -3,10 +3,12 @@ model artifacts (staged when offline), optional ``wandb.watch``, and resuming a 
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
 import sys
 from argparse import Namespace
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -14,7 +16,7 @@ from urllib.parse import urlparse
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -124,12 +126,14 @@ class AutoWandbLogger(WandbLogger):
                     print(f"W&B: checkpoints not logged as artifacts ({type(err).__name__}: {err})", file=sys.stderr)
         run = self._experiment
         if self.is_offline or getattr(run.settings, "_offline", False):
+            folder = Path(run.dir.removesuffix("/files"))
+            # a resumed (or evaluated) run has one offline folder per process: all of them, oldest first
+            parts = sorted(folder.parent.glob(f"offline-run-*-{run.id}")) or [folder]
             print(
-                f"W&B: offline run saved in {run.dir.removesuffix('/files')}; "
-                f"upload it with: wandb sync {run.dir.removesuffix('/files')}",
+                f"W&B: offline run saved in {folder}; upload it with: wandb sync {' '.join(map(str, parts))}",
                 file=sys.stderr,
             )
-        else:
+        elif run.url:
             print(f"W&B: run at {run.url}", file=sys.stderr)
 
     def _log_model_artifacts(self, callback: ModelCheckpoint) -> None:
@@ -150,10 +154,41 @@ class AutoWandbLogger(WandbLogger):
             metadata["monitor"] = callback.monitor
             name = self._checkpoint_name or f"model-{self.experiment.id}"
             artifact = wandb.Artifact(name=name, type="model", metadata=metadata)
-            artifact.add_file(path, name=Path(path).name)
+            with staging_beside_the_run(Path(self.save_dir or "runs")):
+                artifact.add_file(path, name=Path(path).name)
             # offline this only stages the files under the run folder; `wandb sync` uploads them. Never wait here.
             self.experiment.log_artifact(artifact, aliases=aliases)
             self._staged[path] = modified
+
+
+@contextlib.contextmanager
+def staging_beside_the_run(save_dir: Path) -> Iterator[None]:
+    """Stage artifact files in ``<save_dir>/wandb/data`` (not ``~/.local/share/wandb``), unless ``WANDB_DATA_DIR``
+    says otherwise: an offline run's checkpoints then travel with ``runs/`` to the machine that syncs it."""
+    if os.environ.get("WANDB_DATA_DIR"):
+        yield
+        return
+    os.environ["WANDB_DATA_DIR"] = str((save_dir / "wandb" / "data").resolve())
+    try:
+        yield
+    finally:
+        os.environ.pop("WANDB_DATA_DIR", None)
+
+
+class WatchHistograms(Callback):
+    """Sends the ``wandb.watch`` histograms every ``watch_log_freq`` steps.
+
+    wandb collects them in its hooks but sends them with the next logged row; this package logs its metrics once
+    per epoch, so without this the histograms would appear once per epoch whatever ``watch_log_freq`` says.
+    """
+
+    def __init__(self, logger: AutoWandbLogger) -> None:
+        self.logger = logger
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step % self.logger.watch_log_freq == 0:
+            self.logger.experiment.log({"trainer/global_step": trainer.global_step})
 
 
 class SaveConfigToRun(SaveConfigCallback):
