@@ -16,7 +16,8 @@ from lightning.pytorch.callbacks import Callback
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mnist_lightning import checkpoints
+from mnist_lightning.checkpoints import inspect_checkpoint
+from mnist_lightning.checkpoints import load_classifier as load_checked_classifier
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
 from mnist_lightning.data import MNISTDataModule, normalize
 from mnist_lightning.errors import ConfigError
@@ -120,7 +121,7 @@ def latest_checkpoint(preset: str, root_dir: str | Path = "runs/notebooks") -> P
 
 def load_classifier(path: str | Path) -> MNISTClassifier:
     """Load a checkpoint written by ``mnist-lightning fit`` into the classifier class that wrote it, in eval mode."""
-    return checkpoints.load_classifier(path)
+    return load_checked_classifier(path)
 
 
 def load_datamodule(path: str | Path | None = None, **settings: Any) -> MNISTDataModule:
@@ -128,7 +129,7 @@ def load_datamodule(path: str | Path | None = None, **settings: Any) -> MNISTDat
 
     ``settings`` (such as ``data_dir``) override the checkpoint's.
     """
-    stored = checkpoints.inspect_checkpoint(path).data_settings if path else {}
+    stored = inspect_checkpoint(path).data_settings if path else {}
     datamodule = MNISTDataModule(**{**stored, **settings})
     datamodule.prepare_data()
     datamodule.setup()

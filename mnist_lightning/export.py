@@ -11,8 +11,6 @@ Every exported model takes raw MNIST-style images, ``images``: uint8 ``(N, 28, 2
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +20,7 @@ from torch import Tensor, nn
 from mnist_lightning.data import normalize
 from mnist_lightning.errors import MNISTLightningError
 from mnist_lightning.models.base import MNISTClassifier
+from mnist_lightning.outputs import replace_atomically
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 INPUT_NAME = "images"
@@ -50,15 +49,10 @@ def export_model(
     """Write ``model`` (on the CPU, in eval mode) to ``output`` in format ``fmt``, atomically."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     wrapped = RawImageClassifier(model.to("cpu").eval()).eval()
     example = torch.zeros(2, 28, 28, dtype=torch.uint8)
-    # the temporary name ends like the final one: torch.export.save warns about any other suffix than .pt2
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.tmp-", suffix=FORMATS[fmt])
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+
+    def write(tmp: Path) -> None:
         with torch.no_grad():
             if fmt == "onnx":
                 _export_onnx(wrapped, example, tmp)
@@ -73,11 +67,9 @@ def export_model(
                 finally:
                     model._jit_is_scripting = False
                 torch.jit.save(traced, str(tmp))
-        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private; the export is an ordinary file
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return output
+
+    # the temporary name ends like the final one: torch.export.save warns about any other suffix than .pt2
+    return replace_atomically(output, write, suffix=FORMATS[fmt])
 
 
 def _export_onnx(wrapped: nn.Module, example: Tensor, path: Path) -> None:
@@ -103,9 +95,3 @@ def _export_onnx(wrapped: nn.Module, example: Tensor, path: Path) -> None:
 
 def _batch_dim() -> torch.export.Dim:
     return torch.export.Dim("batch", min=1)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -13,7 +13,6 @@ ViT-style models opt in to attention plots with one method::
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mnist_lightning.errors import ConfigError
-from mnist_lightning.tracking import run_directory
+from mnist_lightning.outputs import replace_atomically
+from mnist_lightning.runs import run_directory
 
 NUM_CLASSES = 10
 
@@ -178,16 +178,7 @@ def learning_curves_figure(curves: dict[str, list[tuple[int, float]]]) -> Figure
 
 def save_png(fig: Figure, path: Path) -> Path:
     """Write the figure as PNG through a temporary file, so a PNG is either complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open() keeps the umask's permissions, mkstemp not
-    try:
-        with open(tmp, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=80)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80), suffix=".png")
 
 
 class MediaLogger(Callback):
