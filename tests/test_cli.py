@@ -87,3 +87,54 @@ def test_bad_input_gets_one_clear_line(isolated: Path, args: list[str], expected
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith("mnist-lightning: error: ") and expected in errors[0], errors[0]
     assert not list((isolated / "runs").rglob("*.ckpt")) if (isolated / "runs").exists() else True
+
+
+def test_model_help_shows_that_models_options(isolated: Path) -> None:
+    general = run_cli("fit", "--help").stdout
+    for spelling in (["--model", "MLPClassifier"], ["--model=MLPClassifier"]):
+        shown = run_cli("fit", *spelling, "--help").stdout
+        assert "--model.hidden_sizes" in shown and "--model.batch_norm" in shown
+        assert "--model.hidden_sizes" not in general
+
+
+def test_a_preset_by_name_gives_no_warning_about_mixed_arguments(isolated: Path) -> None:
+    result = run_cli("fit", "--config", "linear", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                     "--trainer.limit_val_batches", "1", "--trainer.logger", "false")  # fmt: skip
+    assert "args parameter is intended" not in result.stderr and "recommended" not in result.stderr
+    assert "smaller than the logging interval" not in result.stderr
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "mnist_lightning"
+    modules = {
+        ".".join(("mnist_lightning", *path.relative_to(package).with_suffix("").parts)).removesuffix(".__init__"): path
+        for path in package.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):  # function-level imports count too
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mnist_lightning"):
+                targets = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            target = next((t for t in targets if t in modules), None)
+            if target and target != name:
+                graph[name].add(target)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(nxt == goal or (nxt not in seen and not seen.add(nxt) and reaches(nxt, goal, seen))
+                   for nxt in graph[start])  # fmt: skip
+
+    cycles = [(a, b) for a in graph for b in graph[a] if reaches(b, a, set())]
+    assert cycles == []
+
+
+def test_metric_reader_reads_lightnings_table_with_and_without_rich() -> None:
+    # with `rich` installed Lightning draws the results table with box characters; the tests must read both
+    plain = "       Test metric             DataLoader 0\n         test/acc            0.9512000083923340\n"
+    boxed = "┃        Test metric        ┃       DataLoader 0        ┃\n│         test/acc          │    0.95120000839     │\n"
+    assert metric(plain, "test/acc") == pytest.approx(0.9512) == metric(boxed, "test/acc")
