@@ -136,5 +136,5 @@ def test_the_package_has_no_import_cycle() -> None:
 def test_metric_reader_reads_lightnings_table_with_and_without_rich() -> None:
     # with `rich` installed Lightning draws the results table with box characters; the tests must read both
     plain = "       Test metric             DataLoader 0\n         test/acc            0.9512000083923340\n"
-    boxed = "┃        Test metric        ┃       DataLoader 0        ┃\n│         test/acc          │    0.95120000839     │\n"
+    boxed = "┃    Test metric    ┃   DataLoader 0   ┃\n│     test/acc      │  0.95120000839   │\n"
     assert metric(plain, "test/acc") == pytest.approx(0.9512) == metric(boxed, "test/acc")
