@@ -181,8 +181,8 @@ def download(data_dir: str | Path) -> None:
             except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on what failed
                 raise MNISTDataError(
                     f"MNIST files missing in {target}: {', '.join(missing or RAW_FILES)}, and the download failed "
-                    f"({_download_failure(err)}); copy them there (plain or .gz, e.g. from a machine with internet "
-                    f"access), or {_fix_hint(Path(data_dir))}"
+                    f"({_download_failure(err)}); put them (plain or .gz) in that folder, point --data.data_dir or "
+                    f"{DATA_DIR_ENV} at a folder whose MNIST/raw holds them, or run again with internet access"
                 ) from err
             try:
                 verify_raw_files(staging)

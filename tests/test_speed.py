@@ -34,7 +34,7 @@ def fake_trainer(device: str) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def datamodule(mnist_dir: Path) -> MNISTDataModule:
-    dm = MNISTDataModule(data_dir=str(mnist_dir), batch_size=100)
+    dm = MNISTDataModule(data_dir=str(mnist_dir), batch_size=100, eval_batch_size=100)
     dm.setup("fit")
     return dm
 
