@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -420,7 +421,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{env['date']}; {env['device']}; torch {env['torch']}, lightning {env['lightning']}, "
         f"{env['torch_threads']} torch threads. Load average (1 min) {report['load_before']:.2f} before, "
-        f"{report['load_after']:.2f} after.",
+        f"{report['load_after']:.2f} after." + (f" {report['note']}" if report.get("note") else ""),
         "",
         f"Command: `{report['command']}`"
         + (" (tiny mode: a few batches, not a measurement)" if report["tiny"] else ""),
@@ -496,6 +497,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=5, help="speedrun seeds")
     parser.add_argument("--first-seed", type=int, default=0, help="the first speedrun seed")
     parser.add_argument("--models", default="mlp_128_64,convnet,vit", help="comma-separated subset of the models")
+    parser.add_argument("--note", default="", help="a sentence for speed.md about the machine (e.g. what else ran)")
     parser.add_argument(
         "--eval-repeats", type=int, default=2, help="test passes per evaluation batch size; the fastest is reported"
     )
@@ -503,7 +505,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts = parser.parse_args(argv)
     if opts.tiny:
         opts.epochs, opts.train_batches, opts.seeds, opts.eval_repeats = 1, opts.train_batches or 5, 1, 1
-    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     load_before = os.getloadavg()[0]
     wanted = set(opts.models.split(","))
@@ -515,6 +517,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tiny": opts.tiny,
         "train_batches": opts.train_batches,
         "eval_repeats": opts.eval_repeats,
+        "note": opts.note,
         "environment": environment(),
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
