@@ -395,8 +395,12 @@ def evaluation_table(report: dict[str, Any]) -> list[str]:
         "**Evaluation** (the 10,000 test images; `test`: `trainer.test` of the same Trainer after `fit`, timing the"
         " test loop; `plain`: a no-grad loop slicing, normalizing and running the network over the same tensors)."
         " Before, validation, test and predict used the training batch; `eval_batch_size` now defaults to"
-        f' `"auto"` = max(batch_size, {EVAL_BATCH_SIZE}). Fastest of {report.get("eval_repeats", 1)} passes'
-        " each, the two batch sizes alternating.",
+        f' `"auto"` = max(batch_size, {EVAL_BATCH_SIZE}).'
+        + (
+            f" Fastest of {report['eval_repeats']} passes each, the two batch sizes alternating."
+            if report.get("eval_repeats", 1) > 1
+            else " One pass each, the two batch sizes one after the other."
+        ),
         "",
         "| model | training batch | test images/s | plain images/s | test / plain | eval batch | test images/s "
         "| plain images/s | test / plain | test speed-up |",
@@ -477,8 +481,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"**torchvision DataLoader** (per-image ToTensor + Normalize, batch 64, no workers): "
         f"{loader['seconds']:.2f} s for {loader['images']:,} images, {loader['images_per_s']:,.0f} images/s"
         + (
-            f"; the MLP's `fit` epoch moves images {mlp['fit_images_per_s'] / loader['images_per_s']:.1f}× faster "
-            "while also training on them."
+            f"; the MLP's `fit` epoch moves images at {mlp['fit_images_per_s'] / loader['images_per_s']:.1f}× its "
+            "rate while also training on them."
             if mlp
             else "."
         ),

@@ -28,8 +28,9 @@ NUM_TRAIN = 60_000
 NUM_TEST = 10_000
 DATA_DIR_ENV = "MNIST_LIGHTNING_DATA_DIR"
 # the evaluation batch of ``eval_batch_size="auto"``: max(batch_size, EVAL_BATCH_SIZE). Evaluation keeps no
-# gradients, so a batch this size costs little memory (about 0.3 GB of activations for the convnet preset), and it
-# runs several times more images per second than the training batch: see benchmarks/speed.md.
+# gradients, so this batch costs little memory (a peak of 0.36 GB more than batch 64 for the convnet preset, on the
+# CPU), and it runs several times more images per second than a training batch of 32 or 64; larger ones gained
+# nothing more on a 2-core CPU. See benchmarks/speed.md.
 EVAL_BATCH_SIZE = 1000
 MAX_SEED = 2**32 - 1
 
