@@ -278,6 +278,17 @@ class MNISTLightningCLI(LightningCLI):
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, PredictionWriter)]
         return trainer
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # A model or data module that refuses a value (torch's nn.Dropout(p=1.5), say) raises ValueError, which
+            # jsonargparse wraps in its own; it is the user's setting, so it gets one line. Other errors stay bugs.
+            root = innermost(err)
+            if user_error(err) is not None or not isinstance(root, ValueError) or os.environ.get(DEBUG_ENV):
+                raise
+            raise ConfigError(f"a setting was refused while building the model or data: {one_line(str(root))}") from err
+
     def after_instantiate_classes(self) -> None:
         if self.checkpoint is not None and self.checkpoint_state is not None:
             check_model_fits(self.checkpoint, self.model, self.checkpoint_state["state_dict"])
@@ -513,6 +524,15 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"mnist-lightning: error: {summarize_parse_error(str(cause))}", file=sys.stderr)
         sys.exit(1)
+
+
+def innermost(err: BaseException) -> BaseException:
+    """The exception at the bottom of a chain of ``raise ... from ...``."""
+    seen = {id(err)}
+    while err.__cause__ is not None and id(err.__cause__) not in seen:
+        err = err.__cause__
+        seen.add(id(err))
+    return err
 
 
 def user_error(err: BaseException) -> MNISTLightningError | None:
