@@ -180,14 +180,14 @@ class MNISTLightningCLI(LightningCLI):
         """
         if isinstance(args, (dict, Namespace)):
             parse = lambda: parser.parse_object(args)  # noqa: E731
-            first_parse = parse
+            first_parse = lambda: (parse(), True)  # noqa: E731
         else:
             argv = show_model_help(resolve_preset_args(sys.argv[1:] if args is None else list(args)))
             parse = lambda: parser.parse_args(argv)  # noqa: E731
             first_parse = lambda: parse_without_model_settings(parser, argv)  # noqa: E731
         prefixes = [f"{name}." for name in SUBCOMMANDS] if self.with_subcommands else [""]
         parser.set_defaults({f"{prefix}model": MODEL_PLACEHOLDER for prefix in prefixes})
-        config = first_parse()
+        config, complete = first_parse()
         subcommand = config.get("subcommand")
         prefix = f"{subcommand}." if subcommand else ""
         section = config[subcommand] if subcommand else config
@@ -209,7 +209,7 @@ class MNISTLightningCLI(LightningCLI):
                 check_settings(info, cls)
                 defaults[f"{prefix}model"] = {"class_path": info.class_path, "init_args": info.model_settings}
         parser.set_defaults(defaults)
-        if self.checkpoint is not None or user_model is None:
+        if self.checkpoint is not None or user_model is None or not complete:
             config = parse()  # a missing model is now the parser's own "required" error
         section = config[subcommand] if subcommand else config
         follow_root_dir(section)
@@ -360,20 +360,21 @@ class TentativeParseError(Exception):
     """A first parse failed; the caller decides whether that is the user's error."""
 
 
-def parse_without_model_settings(parser: LightningArgumentParser, argv: list[str]) -> Namespace:
+def parse_without_model_settings(parser: LightningArgumentParser, argv: list[str]) -> tuple[Namespace, bool]:
     """The first parse, which only has to find ``ckpt_path`` and the folders. Settings of the checkpoint's model
     without a ``--model`` (``--model.dropout 0.2``) cannot be parsed before the checkpoint names the class: they are
-    left out of this parse only, and the second parse takes them (or reports them)."""
+    left out of this parse only (the flag returned is False then), and the second parse takes them (or reports
+    them)."""
     reduced = drop_model_settings(argv)
     if reduced != argv and not any(a == "--model" or a.startswith("--model=") for a in argv):
         OneLineErrorParser.tentative = True
         try:
-            return parser.parse_args(reduced)
+            return parser.parse_args(reduced), False
         except TentativeParseError:
             pass  # reported by the full parse below
         finally:
             OneLineErrorParser.tentative = False
-    return parser.parse_args(argv)
+    return parser.parse_args(argv), True
 
 
 def drop_model_settings(argv: list[str]) -> list[str]:
