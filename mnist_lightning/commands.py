@@ -11,7 +11,7 @@ from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.export import FORMATS
 from mnist_lightning.outputs import ensure_writable_file
 
-EXTRA_COMMANDS = ("serve", "export")
+EXTRA_COMMANDS = ("serve", "export", "tune")
 TRUSTED_MODEL_HELP = (
     "full class path of a classifier defined outside mnist-lightning that the checkpoint holds (it is imported, "
     "so name only code you trust); this package's classifiers need nothing"
@@ -38,7 +38,7 @@ def port_number(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Arguments of ``mnist-lightning serve`` and ``mnist-lightning export``."""
+    """Arguments of ``mnist-lightning serve``, ``export`` and ``tune``."""
     parser = OneLineArgumentParser(prog="mnist-lightning")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
     about = "a local page to draw digits and see the model's probabilities as you draw"
@@ -58,13 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--output", default=None, help="file to write (default: the checkpoint's path with .onnx, .pt or .pt2)"
     )
+    from mnist_lightning.tune import add_tune_parser
+
+    add_tune_parser(commands)
     return parser
 
 
 def run_extra_command(args: list[str]) -> None:
-    """Run ``serve`` or ``export`` with command-line ``args`` (the first one names the command)."""
+    """Run ``serve``, ``export`` or ``tune`` with command-line ``args`` (the first one names the command)."""
     options = build_parser().parse_args(args)
-    if options.command == "export":
+    if options.command == "tune":
+        from mnist_lightning.tune import run_tune_command
+
+        run_tune_command(options)
+    elif options.command == "export":
         from mnist_lightning.export import export_model
 
         output = options.output or Path(options.ckpt_path).with_suffix(FORMATS[options.format])
