@@ -307,8 +307,22 @@ def probe(space: SearchSpace) -> bool:
     for i in range(rounds):
         values = {name: p.extremes()[i % len(p.extremes())] for name, p in space.params.items()}
         cli = build_cli(space.fit_args(values), space)
+        if i == 0:
+            check_settings_known(cli, space)
         uses_wandb = uses_wandb or any(isinstance(lg, WandbLogger) for lg in cli.trainer.loggers)
     return uses_wandb
+
+
+def check_settings_known(cli: TuneCLI, space: SearchSpace) -> None:
+    """Every searched and fixed setting is in the parsed configuration. A model's ``**kwargs`` lets jsonargparse
+    take ``model.init_args.lrr`` without a word and drop it, so a misspelt name would search nothing."""
+    for key in [*space.params, *space.fixed]:
+        if key not in cli.config:
+            model = cli.config.get("model.class_path", "the model").rsplit(".", 1)[-1]
+            raise ConfigError(
+                f"search space {space.path}: {key} is not a setting of this fit configuration; see "
+                f"'mnist-lightning fit --help' and 'mnist-lightning fit --model {model} --help'"
+            )
 
 
 class Heartbeat(Callback):
