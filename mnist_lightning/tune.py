@@ -101,24 +101,22 @@ class SearchSpace:
     seed: int | None = None
 
     def fit_args(self, values: dict[str, Any]) -> list[str]:
-        """The ``fit`` command line of one trial (without the subcommand)."""
+        """The ``fit`` command line of one trial (without the subcommand): the base configs, then the fixed settings
+        and the trial's values as one inline config, the same content ``best.yaml`` gets.
+
+        An inline config rather than ``--model.init_args.lr=...`` options: the CLI drops ``--model.*`` options when
+        the model comes from a config file.
+        """
         args: list[str] = []
         for config in self.base:
             args += ["--config", config]
-        for name, value in {**self.fixed, **values}.items():
-            args.append(f"--{name}={cli_value(value)}")
+        settings = nest({**self.fixed, **values})
+        args.append("--config=" + yaml.safe_dump(settings, default_flow_style=True, width=10**9).strip())
         return args
 
 
 def is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
-
-
-def cli_value(value: Any) -> str:
-    """A YAML value as a command-line value that jsonargparse reads back as the same value."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value)
 
 
 def load_space(path: str | Path, study: str | None = None, n_trials: int | None = None) -> SearchSpace:

@@ -81,6 +81,10 @@ def test_tiny_study_writes_its_files_and_best_yaml_trains() -> None:
     rows = read_table("tiny")
     assert [row["trial"] for row in rows] == ["0", "1", "2"]
     assert all(row["state"] == "complete" and float(row["val/acc"]) > 0 for row in rows)
+    for row in rows:  # each trial trained with its own values
+        trained = yaml.safe_load((Path(row["run"]) / "config.yaml").read_text())
+        assert trained["model"]["init_args"]["lr"] == pytest.approx(float(row["model.init_args.lr"]))
+        assert trained["data"]["batch_size"] == int(row["data.batch_size"])
     md_rows = [
         line for line in (folder / "trials.md").read_text().splitlines() if line.startswith("| ") and "---" not in line
     ]
