@@ -548,6 +548,11 @@ def optimize(study: Any, space: SearchSpace, wandb_on: bool, folder: Path) -> in
             study.tell(trial, state=TrialState.FAIL)
             with contextlib.suppress(MNISTLightningError):
                 write_outputs(study, space, folder)
+            print(
+                f"tune {space.study}: interrupted in trial {trial.number}; continue the study (that trial runs again "
+                f"from the start) with: mnist-lightning tune {space.path} --resume",
+                file=sys.stderr,
+            )
             raise
         except BaseException:
             study.tell(trial, state=TrialState.FAIL)
@@ -586,9 +591,10 @@ def trial_rows(study: Any, space: SearchSpace) -> list[dict[str, Any]]:
         seconds = t.duration.total_seconds() if t.duration else None
         row["seconds"] = "" if seconds is None else round(seconds, 1)
         row["run"] = t.user_attrs.get("run_dir", "")
-        row["note"] = t.user_attrs.get("note", "") + (
-            f" (rerun of trial {t.user_attrs['retry_of']})" if "retry_of" in t.user_attrs else ""
-        )
+        notes = [t.user_attrs.get("note", "")]
+        if "retry_of" in t.user_attrs:
+            notes.append(f"rerun of trial {t.user_attrs['retry_of']}")
+        row["note"] = "; ".join(n for n in notes if n)
         rows.append(row)
     return rows
 
