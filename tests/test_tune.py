@@ -237,3 +237,24 @@ def test_missing_space_and_existing_study_are_one_line() -> None:
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("mnist-lightning: error: study taken already exists") and "--resume" in last
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([0.5], "at least 2 completed trials"), ([0.5, 0.6], "a parameter that varies")],
+)
+def test_importance_without_enough_trials_is_a_note(values: list[float], expected: str) -> None:
+    from mnist_lightning.tune import load_space, write_outputs
+
+    space = load_space(write_space(Path("space.yaml"), "few", {"model.init_args.lr": [0.01]}))
+    study = optuna.create_study(direction="maximize")
+    for value in values:
+        trial = study.ask()
+        trial.suggest_categorical("model.init_args.lr", [0.01])
+        study.tell(trial, value)
+    folder = Path("runs/tune/few")
+    rows, best, note = write_outputs(study, space, folder)
+    assert note is not None and expected in note
+    assert (folder / "importance.png").stat().st_size > 0 and (folder / "history.png").stat().st_size > 0
+    assert len(rows) == len(values) and best.value == max(values)
+    assert yaml.safe_load((folder / "best.yaml").read_text())["model"]["init_args"]["lr"] == 0.01
