@@ -29,6 +29,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lightning.cli import DEBUG_ENV, MNISTLightningCLI, config_dir, preset_names, summarize_parse_error
 from mnist_lightning.errors import ConfigError, MNISTLightningError
@@ -304,18 +305,27 @@ def probe(space: SearchSpace) -> bool:
     uses_wandb = False
     for i in range(rounds):
         values = {name: p.extremes()[i % len(p.extremes())] for name, p in space.params.items()}
-        cli = build_cli(space.fit_args(values), space)
+        try:
+            cli = build_cli(space.fit_args(values), space)
+        except ConfigError:
+            if i == 0:  # a misspelt name gets a clearer message than the parser's
+                base = build_cli([a for c in space.base for a in ("--config", c)], space)
+                check_settings_known(base, space, base_only=True)
+            raise
         if i == 0:
             check_settings_known(cli, space)
         uses_wandb = uses_wandb or any(isinstance(lg, WandbLogger) for lg in cli.trainer.loggers)
     return uses_wandb
 
 
-def check_settings_known(cli: TuneCLI, space: SearchSpace) -> None:
+def check_settings_known(cli: TuneCLI, space: SearchSpace, base_only: bool = False) -> None:
     """Every searched and fixed setting is in the parsed configuration. A model's ``**kwargs`` lets jsonargparse
     take ``model.init_args.lrr`` without a word and drop it, so a misspelt name would search nothing."""
-    for key in [*space.params, *space.fixed]:
-        if key not in cli.config:
+    keys = [*space.params, *space.fixed]
+    # on the base configuration alone, the settings of a model the space switches to are not there yet
+    other_model = base_only and any(k in ("model", "model.class_path") for k in keys)
+    for key in keys:
+        if key not in cli.config and not (other_model and key.startswith("model.")):
             model = cli.config.get("model.class_path", "the model").rsplit(".", 1)[-1]
             raise ConfigError(
                 f"search space {space.path}: {key} is not a setting of this fit configuration; see "
@@ -541,8 +551,9 @@ def optimize(study: Any, space: SearchSpace, wandb_on: bool, folder: Path) -> in
             trial.set_user_attr("note", one_line(err)[:200])
             study.tell(trial, state=TrialState.FAIL)
             state = f"failed: {one_line(err)[:200]}"
-        except (KeyboardInterrupt, SystemExit):
-            # Ctrl+C (Lightning turns it into SystemExit after saving last.ckpt): --resume runs this trial again
+        except (KeyboardInterrupt, SystemExit, SIGTERMException):
+            # Ctrl+C (Lightning turns it into SystemExit after saving last.ckpt) or SIGTERM (a batch system taking
+            # the machine back): --resume runs this trial again
             trial.set_user_attr("note", "interrupted")
             trial.set_user_attr("interrupted", True)
             study.tell(trial, state=TrialState.FAIL)
