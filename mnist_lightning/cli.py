@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import signal
 import sys
 import warnings
 from argparse import Namespace
@@ -16,7 +15,7 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from mnist_lightning.callbacks import PredictionWriter, require_single_process
 from mnist_lightning.checkpoints import (
@@ -41,7 +40,6 @@ from mnist_lightning.reliability import (
     FiniteLossGuard,
     ResumableCheckpoint,
     RunLock,
-    interrupted_by,
 )
 from mnist_lightning.runs import PROJECT_FOLDER, new_run_id, run_directory
 from mnist_lightning.tracking import AutoWandbLogger, SaveConfigToRun, WatchHistograms, is_wandb_logger_config
@@ -138,8 +136,8 @@ class MNISTLightningCLI(LightningCLI):
         defaults = {"default_config_files": [str(config_dir() / "defaults.yaml")]}
         parser_kwargs: dict[str, Any] = {subcommand: defaults for subcommand in SUBCOMMANDS} if run else dict(defaults)
         parser_kwargs["epilog"] = (
-            "more commands: serve (a page to draw digits), export (ONNX, TorchScript); see "
-            "'mnist-lightning serve --help' and 'mnist-lightning export --help'"
+            "more commands: serve (a page to draw digits), export (ONNX, TorchScript), tune (hyperparameter search, "
+            "Optuna); see 'mnist-lightning serve --help' (and export, tune)"
         )
         super().__init__(
             MNISTClassifier,
@@ -498,33 +496,6 @@ def show_model_help(args: list[str]) -> list[str]:
             subcommand = next((a for a in args if a in SUBCOMMANDS), None)
             return [*([subcommand] if subcommand else []), "--model.help", name]
     return args
-
-
-def main(args: list[str] | None = None) -> None:
-    """Console entry point; user errors end with one line on stderr and exit code 1 (traceback with DEBUG)."""
-    argv = sys.argv[1:] if args is None else args
-    try:
-        if argv and argv[0] in ("serve", "export", "tune"):  # not LightningCLI subcommands: see commands.py
-            from mnist_lightning.commands import run_extra_command
-
-            run_extra_command(argv)
-        else:
-            MNISTLightningCLI(args=args)
-    except SIGTERMException:
-        sys.exit(128 + signal.SIGTERM)  # the checkpoint callback has said where the state was saved
-    except KeyboardInterrupt:
-        sys.exit(128 + signal.SIGINT)
-    except SystemExit as exit_:
-        # Lightning ends a run stopped by Ctrl+C with exit code 1; the shell convention is 128 + SIGINT
-        if interrupted_by() == signal.SIGINT and exit_.code not in (0, None):
-            sys.exit(128 + signal.SIGINT)
-        raise
-    except Exception as err:
-        cause = user_error(err)
-        if cause is None or os.environ.get(DEBUG_ENV):
-            raise
-        print(f"mnist-lightning: error: {summarize_parse_error(str(cause))}", file=sys.stderr)
-        sys.exit(1)
 
 
 def innermost(err: BaseException) -> BaseException:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import NoReturn
 
+from mnist_lightning import tune
 from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.export import FORMATS
 from mnist_lightning.outputs import ensure_writable_file
@@ -39,13 +38,6 @@ def port_number(text: str) -> int:
     return port
 
 
-def tune_module() -> ModuleType:
-    """``mnist_lightning.tune``, imported by name: it builds ``MNISTLightningCLI``, and a static import here would
-    close the loop cli → commands → tune → cli (harmless at run time, as every import on it is inside a function,
-    but tests/test_cli.py keeps the import graph free of cycles; the way out is an entry point above cli.py)."""
-    return importlib.import_module("mnist_lightning.tune")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``mnist-lightning serve``, ``export`` and ``tune``."""
     parser = OneLineArgumentParser(prog="mnist-lightning")
@@ -67,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--output", default=None, help="file to write (default: the checkpoint's path with .onnx, .pt or .pt2)"
     )
-    tune_module().add_tune_parser(commands)
+    tune.add_tune_parser(commands)
     return parser
 
 
@@ -75,7 +67,7 @@ def run_extra_command(args: list[str]) -> None:
     """Run ``serve``, ``export`` or ``tune`` with command-line ``args`` (the first one names the command)."""
     options = build_parser().parse_args(args)
     if options.command == "tune":
-        tune_module().run_tune_command(options)
+        tune.run_tune_command(options)
     elif options.command == "export":
         from mnist_lightning.export import export_model
 
