@@ -185,12 +185,21 @@ def classifier_class(info: CheckpointInfo, trusted: Iterable[str] = ()) -> type[
 
 def check_settings(info: CheckpointInfo, cls: type[MNISTClassifier]) -> None:
     """Refuse, naming them, model settings that ``cls`` does not take (a checkpoint from another version)."""
-    unknown = [key for key in info.model_settings if key not in accepted_settings(cls)]
+    refuse_unknown(info, info.model_settings, accepted_settings(cls), prefix="", owner=f" for {cls.__name__}")
+
+
+def check_data_settings(info: CheckpointInfo, known: Iterable[str]) -> None:
+    """Refuse, naming them, data settings the data module does not take."""
+    refuse_unknown(info, info.data_settings, set(known), prefix="data.", owner="")
+
+
+def refuse_unknown(info: CheckpointInfo, settings: dict[str, Any], known: set[str], prefix: str, owner: str) -> None:
+    unknown = [key for key in settings if key not in known]
     if unknown:
-        given = ", ".join(f"{key}={info.model_settings[key]!r}" for key in unknown)
+        given = ", ".join(f"{prefix}{key}={settings[key]!r}" for key in unknown)
         raise CheckpointError(
-            f"checkpoint {info.path} sets {given} for {cls.__name__}, which this version of mnist-lightning does "
-            "not know; use the mnist-lightning version that trained it"
+            f"checkpoint {info.path} sets {given}{owner}, which this version of mnist-lightning does not know; "
+            "use the mnist-lightning version that trained it"
         )
 
 
@@ -207,17 +216,6 @@ def accepted_settings(cls: type) -> set[str]:
         if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
             break
     return names - {"self"}
-
-
-def check_data_settings(info: CheckpointInfo, known: Iterable[str]) -> None:
-    """Refuse, naming them, data settings the data module does not take."""
-    unknown = [key for key in info.data_settings if key not in set(known)]
-    if unknown:
-        given = ", ".join(f"data.{key}={info.data_settings[key]!r}" for key in unknown)
-        raise CheckpointError(
-            f"checkpoint {info.path} sets {given}, which this version of mnist-lightning does not know; "
-            "use the mnist-lightning version that trained it"
-        )
 
 
 def load_classifier(
