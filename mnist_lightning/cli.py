@@ -492,7 +492,7 @@ def main(args: list[str] | None = None) -> None:
     """Console entry point; user errors end with one line on stderr and exit code 1 (traceback with DEBUG)."""
     argv = sys.argv[1:] if args is None else args
     try:
-        if argv and argv[0] in ("serve", "export"):  # not LightningCLI subcommands: see commands.py
+        if argv and argv[0] in ("serve", "export", "report"):  # not LightningCLI subcommands: see commands.py
             from mnist_lightning.commands import run_extra_command
 
             run_extra_command(argv)
