@@ -74,8 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--batch_size", type=int, default=2000, help="(default: %(default)s)")
     report.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: %(default)s)")
     report.add_argument(
-        "--shift_images", type=int, default=None, help="test images the shift curves use (default: all 10,000)"
+        "--shift_images",
+        type=int,
+        default=2000,
+        help="test images per shifted level (default: %(default)s, 10000: all)",
     )
+    report.add_argument("--shifts", nargs="+", default=None, help="shifts to run (default: all)")
     report.add_argument("--model", default=None, help=TRUSTED_MODEL_HELP)
     return parser
 
@@ -102,6 +106,7 @@ def run_extra_command(args: list[str]) -> None:
             batch_size=options.batch_size,
             seed=options.seed,
             shift_images=options.shift_images,
+            shifts=options.shifts,
             trusted=[options.model] if options.model else [],
         )
         print(f"Report written to {written.markdown} ({written.data['seconds']:.0f} s)", file=sys.stderr)

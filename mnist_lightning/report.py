@@ -40,6 +40,8 @@ from mnist_lightning.shifts import SHIFTS
 NUM_CLASSES = 10
 CALIBRATION_BINS = 15  # torchmetrics' default, and the reliability diagram's bins
 MISTAKES_SHOWN = 24
+# test images per shifted level: curves good to a point or two of accuracy, and a report in well under a minute
+SHIFT_IMAGES = 1000
 ENSEMBLE = "ensemble"
 
 
@@ -184,24 +186,28 @@ def robustness(
     batch_size: int,
     device: torch.device,
     seed: int,
+    shifts: Sequence[str] | None = None,
 ) -> list[dict[str, list[float]]]:
-    """Accuracy at every level of every shift, for each model and (with several models) their ensemble.
+    """Accuracy at every level of every shift (or of ``shifts``), for each model and (with several models) their
+    ensemble. ``clean_probs`` are each model's probabilities of ``images`` unchanged.
 
     Each shifted batch is made once, on ``device``, and given to every model, so all models (and the ensemble) see
-    the same images. Level 0 is the clean test set itself, whose probabilities are already known.
+    the same images. Level 0 is the clean images themselves, whose probabilities are already known.
     """
     count = len(labels)
+    chosen = [SHIFTS[name] for name in shifts] if shifts is not None else list(SHIFTS.values())
     columns = len(models) + (1 if len(models) > 1 else 0)
     curves: list[dict[str, list[float]]] = [{} for _ in range(columns)]
     pixels = images.to(device).float().div_(255).unsqueeze(1)
     labels_on_device = labels.to(device)
     generator = torch.Generator()
-    clean = torch.stack([p[:count].argmax(1) == labels[:count] for p in clean_probs])
+    clean = torch.stack([p.argmax(1) == labels for p in clean_probs])
     if len(models) > 1:
-        mean = torch.stack([p[:count] for p in clean_probs]).mean(0)
-        clean = torch.cat([clean, (mean.argmax(1) == labels[:count]).unsqueeze(0)])
+        mean = torch.stack(list(clean_probs)).mean(0)
+        clean = torch.cat([clean, (mean.argmax(1) == labels).unsqueeze(0)])
     clean_accuracy = clean.float().mean(1).tolist()
-    for s, shift in enumerate(SHIFTS.values()):
+    for shift in chosen:
+        s = list(SHIFTS).index(shift.name)
         for column in range(columns):
             curves[column][shift.name] = [clean_accuracy[column]]
         for level_index, level in enumerate(shift.levels[1:], start=1):
@@ -221,13 +227,21 @@ def robustness(
     return curves
 
 
+def shift_subset(total: int, count: int, seed: int) -> Tensor:
+    """Indices of the test images the shift curves use: all of them, or ``count`` drawn at random with ``seed``."""
+    if count >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
 def robustness_figure(reports: Sequence[ModelReport]) -> Figure:
     """One small plot per shift, accuracy against level, every model (and the ensemble, dashed) on the same axes."""
-    columns = 5
-    rows = math.ceil(len(SHIFTS) / columns)
+    shifts = [SHIFTS[name] for name in reports[0].robustness]
+    columns = min(5, len(shifts))
+    rows = math.ceil(len(shifts) / columns)
     fig = Figure(figsize=(3.1 * columns, 2.7 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).flatten()
-    for ax, shift in zip(axes, SHIFTS.values(), strict=False):
+    for ax, shift in zip(axes, shifts, strict=False):
         for report in reports:
             style = {"linestyle": "--", "color": "black"} if report.info is None else {}
             ax.plot(shift.levels, report.robustness[shift.name], marker="o", markersize=3, label=report.label, **style)
@@ -235,7 +249,7 @@ def robustness_figure(reports: Sequence[ModelReport]) -> Figure:
         ax.tick_params(labelsize=7)
         ax.xaxis.label.set_size(7)
         ax.grid(alpha=0.3)
-    for ax in axes[len(SHIFTS) :]:
+    for ax in axes[len(shifts) :]:
         ax.set_axis_off()
     axes[0].set_ylabel("test accuracy")
     handles, names = axes[0].get_legend_handles_labels()
@@ -309,7 +323,8 @@ def build_report(
     device: str = "auto",
     batch_size: int = 2000,
     seed: int = 0,
-    shift_images: int | None = None,
+    shift_images: int = SHIFT_IMAGES,
+    shifts: Sequence[str] | None = None,
     trusted: Iterable[str] = (),
     data_dir: str | Path | None = None,
 ) -> Report:
@@ -323,7 +338,9 @@ def build_report(
         device: ``auto`` (CUDA when there is one), ``cpu``, ``cuda``, ...; the shifts are made there too.
         batch_size: images per forward pass.
         seed: seed of the random parts of the shifts (the same seed gives the same shifted images).
-        shift_images: how many test images (the first ones) the shifted curves use; default all 10,000.
+        shift_images: how many test images (a random subset drawn with ``seed``) each shifted level uses; level 0
+            is the same subset unchanged. 10,000 (or more) uses the whole test set.
+        shifts: the names of the shifts to run (default: all of :data:`mnist_lightning.shifts.SHIFTS`).
         trusted: class paths of classifiers defined outside the package that the checkpoints may hold.
         data_dir: where MNIST is (default: ``$MNIST_LIGHTNING_DATA_DIR`` or ``./data``).
     """
@@ -332,6 +349,11 @@ def build_report(
         raise ConfigError("report needs at least one checkpoint: --ckpt_path A.ckpt [B.ckpt ...]")
     if batch_size < 1:
         raise ConfigError(f"--batch_size must be a positive integer, got {batch_size}; try 2000")
+    unknown = sorted(set(shifts or ()) - set(SHIFTS))
+    if unknown:
+        raise ConfigError(f"unknown shift {', '.join(unknown)}; choose from {', '.join(SHIFTS)}")
+    if shift_images < 1:
+        raise ConfigError(f"--shift_images must be a positive integer, got {shift_images}; try {SHIFT_IMAGES}")
     paths = resolve_checkpoints(checkpoints)
     infos = [inspect_checkpoint(path) for path in paths]  # a missing or foreign file: one line, before any work
     folder = ensure_writable_folder(Path(output) if output else default_output(paths), "the report folder (--output)")
@@ -381,10 +403,11 @@ def build_report(
         ensemble.metrics = summarize(mean, test_labels)
         reports.append(ensemble)
 
-    count = len(test_labels) if shift_images is None else max(1, min(shift_images, len(test_labels)))
+    count = min(shift_images, len(test_labels))
+    subset = shift_subset(len(test_labels), count, seed)
     curves = robustness(
-        models, [r.test_probs for r in reports[: len(models)]], test_images[:count], test_labels[:count],
-        batch_size, chosen, seed,
+        models, [r.test_probs[subset] for r in reports[: len(models)]], test_images[subset], test_labels[subset],
+        batch_size, chosen, seed, shifts,
     )  # fmt: skip
     for report, curve in zip(reports, curves, strict=True):
         report.robustness = curve
@@ -430,6 +453,7 @@ def report_json(
 ) -> dict[str, Any]:
     """The report's numbers. With one checkpoint, ``temperature`` at the top is its fitted temperature."""
     models = [model_json(r) for r in reports if r.info is not None]
+    shift_names = list(reports[0].robustness)
     data: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(seconds, 2),
@@ -437,7 +461,7 @@ def report_json(
         "seed": seed,
         "shift_images": shift_images,
         "calibration_bins": CALIBRATION_BINS,
-        "shifts": {s.name: {"levels": list(s.levels), "unit": s.unit} for s in SHIFTS.values()},
+        "shifts": {name: {"levels": list(SHIFTS[name].levels), "unit": SHIFTS[name].unit} for name in shift_names},
         "models": models,
     }
     if len(models) == 1:
@@ -508,8 +532,8 @@ def report_markdown(data: dict[str, Any], reports: Sequence[ModelReport]) -> str
         "",
         "## Robustness",
         "",
-        f"Test accuracy on shifted digits, made from the first {data['shift_images']:,} test images (seed "
-        f"{data['seed']}); level 0 is the clean test set.",
+        f"Test accuracy on shifted digits, made from {data['shift_images']:,} test images (drawn with seed "
+        f"{data['seed']}, which also seeds the random parts of the shifts); level 0 is those images unchanged.",
         "",
         "![accuracy against shift level](robustness.png)",
         "",

@@ -67,21 +67,23 @@ def scale(images: Tensor, factor: float, generator: torch.Generator) -> Tensor:
     return _affine(images, zeros, torch.zeros(len(images), 2, device=images.device, dtype=images.dtype), zoom)
 
 
-def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+def _blur_matrix(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(size, size)`` matrix M such that ``x @ M`` blurs the rows of ``x`` with a Gaussian (zeros beyond the edge).
+
+    A blur as two small matrix products is exact and far faster on the CPU than a convolution of 28 × 28 images.
+    """
+    x = torch.arange(size, device=device, dtype=dtype)
+    weights = torch.exp(-((x.view(-1, 1) - x.view(1, -1)) ** 2) / (2 * sigma**2))
     radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
+    full_sum = torch.exp(-(torch.arange(-radius, radius + 1, device=device, dtype=dtype) ** 2) / (2 * sigma**2)).sum()
+    return weights / full_sum  # normalised as the full kernel is, so a border pixel loses what falls outside
 
 
 def _separable_blur(images: Tensor, sigma: float) -> Tensor:
-    """Gaussian blur of every channel of ``(N, C, H, W)``: one horizontal and one vertical 1-D convolution."""
-    kernel = _gaussian_kernel(sigma, images.device, images.dtype)
-    channels, radius = images.shape[1], len(kernel) // 2
-    row = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    column = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
-    blurred = F.conv2d(F.pad(images, (radius, radius, 0, 0)), row, groups=channels)
-    return F.conv2d(F.pad(blurred, (0, 0, radius, radius)), column, groups=channels)
+    """Gaussian blur of the last two dimensions (rows, then columns)."""
+    rows = _blur_matrix(images.shape[-1], sigma, images.device, images.dtype)
+    columns = _blur_matrix(images.shape[-2], sigma, images.device, images.dtype)
+    return columns.T @ (images @ rows)
 
 
 def blur(images: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
@@ -89,14 +91,14 @@ def blur(images: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
     return images if sigma == 0 else _separable_blur(images, sigma)
 
 
-def elastic(images: Tensor, alpha: float, generator: torch.Generator, sigma: float = 3.0) -> Tensor:
-    """Elastic deformation: a random displacement field smoothed with a Gaussian of ``sigma`` pixels, scaled so
-    that its largest displacement in each image is ``alpha`` pixels."""
+def elastic(images: Tensor, alpha: float, generator: torch.Generator, grid: int = 5) -> Tensor:
+    """Elastic deformation: random displacements on a coarse ``grid`` × ``grid`` lattice, smoothly (bicubically)
+    interpolated to every pixel and scaled so that the largest displacement in each image is ``alpha`` pixels."""
     if alpha == 0:
         return images
     n, _, height, width = images.shape
-    field = _uniform(images, generator, n, 2, height, width) * 2 - 1
-    field = _separable_blur(field, sigma)
+    coarse = _uniform(images, generator, n, 2, grid, grid) * 2 - 1
+    field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)
     field = field / field.flatten(1).abs().amax(1).clamp_min(1e-8).view(n, 1, 1, 1) * alpha
     ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, device=images.device, dtype=images.dtype)
     xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, device=images.device, dtype=images.dtype)
