@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--shift_images",
         type=int,
-        default=2000,
+        default=1000,
         help="test images per shifted level (default: %(default)s, 10000: all)",
     )
     report.add_argument("--shifts", nargs="+", default=None, help="shifts to run (default: all)")
