@@ -3,10 +3,11 @@
 For the MLP (784-128-64-10), the ``convnet`` CNN and the ``vit`` preset: seconds per training epoch and images
 per second through the project's Trainer (built by the CLI from the preset, logger off), the same for a
 hand-written loop with the same model, initial weights, batch size and optimizer (the floor), their ratio, the
-same network trained by a bare Lightning Trainer (what Lightning itself costs), and inference images per second;
-then the speedrun preset's training time and test accuracy over several seeds, and
-a torchvision DataLoader with per-image ToTensor + Normalize for comparison. Writes ``speed.md`` and
-``speed.json``.
+same network trained by a bare Lightning Trainer (what Lightning itself costs), and evaluation images per second
+(``trainer.test`` next to a plain no-grad loop) at the training batch, the old evaluation default, and at the
+data module's evaluation batch (``eval_batch_size="auto"``); then the speedrun preset's training time and test
+accuracy over several seeds, and a torchvision DataLoader with per-image ToTensor + Normalize for comparison.
+Writes ``speed.md`` and ``speed.json``.
 
     python benchmarks/speed.py            # the full benchmark (README table)
     python benchmarks/speed.py --tiny     # a few batches of everything: checks that the script still works
@@ -21,6 +22,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
-from mnist_lightning.data import MEAN, STD, MNISTDataModule
+from mnist_lightning.data import EVAL_BATCH_SIZE, MEAN, STD, MNISTDataModule
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.timing import TrainTimer, synchronize
 
@@ -62,8 +64,13 @@ class ModelResult:
     bare_epoch_s: float = 0.0
     bare_ratio: float = 0.0
     epoch_seconds: dict[str, list[float]] = field(default_factory=dict)
+    # evaluation: `trainer.test` and a plain no-grad loop over the test images, at the data module's evaluation batch
+    # (`eval_batch_size`, its default) and at the training batch (the evaluation batch before "auto")
+    eval_batch_size: int = 0
     fit_inference_images_per_s: float = 0.0
     plain_inference_images_per_s: float = 0.0
+    fit_inference_train_batch_images_per_s: float = 0.0
+    plain_inference_train_batch_images_per_s: float = 0.0
     skipped: str = ""
 
 
@@ -84,15 +91,22 @@ def build(args: list[str], workdir: Path) -> MNISTLightningCLI:
 
 
 class EvalTimer(L.Callback):
-    """Time of the test loop, waiting for the device."""
+    """Images per second of each test loop, waiting for the device; ``rates`` has one per ``trainer.test``."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         synchronize(trainer.strategy.root_device)
+        self.images = 0
         self.start = time.perf_counter()
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self.images += len(batch[1])
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         synchronize(trainer.strategy.root_device)
-        self.seconds = time.perf_counter() - self.start
+        self.rates.append(self.images / (time.perf_counter() - self.start))
 
 
 class BareClassifier(L.LightningModule):
@@ -253,14 +267,9 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         plain_beside_fit, plain_beside_bare = PlainEpochAfterEach(plain), PlainEpochAfterEach(plain)
         trainer.callbacks.extend([timer, eval_timer, plain_beside_fit])
         trainer.fit(model, datamodule=dm)
-        trainer.test(model, datamodule=dm, verbose=False)
         bare_epoch_seconds = bare_training(bare_source, dm, trainer, plain_beside_bare)
         bare_s = steady_epoch(bare_epoch_seconds)
-        test_images = dm.splits["test"][0].to(device)
-        if opts.tiny:
-            test_images = test_images[: 3 * dm.eval_batch_size]
-        with autocast(device, precision):
-            plain_inference_rate = plain_inference(plain_model.net, test_images, dm.eval_batch_size)
+        rates = bench_evaluation(trainer, model, dm, plain_model.net, eval_timer, opts)
 
     fit_s, plain_s = steady_epoch(timer.epoch_seconds), steady_epoch(plain_beside_fit.epoch_seconds)
     result = ModelResult(
@@ -283,16 +292,48 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
             "bare": bare_epoch_seconds,
             "plain_beside_bare": plain_beside_bare.epoch_seconds,
         },
-        fit_inference_images_per_s=len(test_images) / eval_timer.seconds,
-        plain_inference_images_per_s=plain_inference_rate,
+        eval_batch_size=dm.eval_batch_size,
+        fit_inference_images_per_s=rates["test"],
+        plain_inference_images_per_s=rates["plain"],
+        fit_inference_train_batch_images_per_s=rates["test_train_batch"],
+        plain_inference_train_batch_images_per_s=rates["plain_train_batch"],
     )
     print(
         f"{name}: fit {fit_s:.2f} s/epoch, plain {plain_s:.2f} s/epoch, ratio {result.ratio:.2f} "
-        f"(bare Lightning {result.bare_ratio:.2f}); "
-        f"inference {result.fit_inference_images_per_s:,.0f} vs {plain_inference_rate:,.0f} images/s",
+        f"(bare Lightning {result.bare_ratio:.2f}); test {rates['test']:,.0f} images/s at batch {dm.eval_batch_size} "
+        f"(plain {rates['plain']:,.0f}), {rates['test_train_batch']:,.0f} at batch {dm.batch_size} "
+        f"(plain {rates['plain_train_batch']:,.0f})",
         flush=True,
     )
     return result
+
+
+def bench_evaluation(
+    trainer: L.Trainer,
+    model: MNISTClassifier,
+    dm: MNISTDataModule,
+    plain_net: nn.Module,
+    eval_timer: EvalTimer,
+    opts: argparse.Namespace,
+) -> dict[str, float]:
+    """Images per second of ``trainer.test`` and of a plain no-grad loop over the test images, at the data module's
+    evaluation batch and at the training batch; each the best of ``opts.eval_repeats`` runs, the batch sizes
+    alternating so that a machine that drifts meanwhile affects both alike."""
+    eval_batch = dm.eval_batch_size
+    test_images = dm.splits["test"][0].to(trainer.strategy.root_device)
+    measured: dict[str, list[float]] = {"test": [], "test_train_batch": [], "plain": [], "plain_train_batch": []}
+    try:
+        for _ in range(opts.eval_repeats):
+            for key, batch in (("", eval_batch), ("_train_batch", dm.batch_size)):
+                dm.eval_batch_size = batch
+                trainer.test(model, datamodule=dm, verbose=False)
+                measured[f"test{key}"].append(eval_timer.rates[-1])
+                images = test_images[: 3 * batch] if opts.tiny else test_images  # tiny: 3 batches, as the test loop
+                with autocast(images.device, str(trainer.precision)):  # as the Trainer under bf16-mixed
+                    measured[f"plain{key}"].append(plain_inference(plain_net, images, batch))
+    finally:
+        dm.eval_batch_size = eval_batch
+    return {key: max(rates) for key, rates in measured.items()}
 
 
 def bench_speedrun(opts: argparse.Namespace) -> SpeedrunResult:
@@ -370,6 +411,36 @@ def environment() -> dict[str, Any]:
     }
 
 
+def evaluation_table(report: dict[str, Any]) -> list[str]:
+    """The evaluation rows: ``trainer.test`` and the plain loop at the training batch and at the evaluation batch."""
+    lines = [
+        "",
+        "**Evaluation** (the 10,000 test images; `test`: `trainer.test` of the same Trainer after `fit`, timing the"
+        " test loop; `plain`: a no-grad loop slicing, normalizing and running the network over the same tensors)."
+        " Before, validation, test and predict used the training batch; `eval_batch_size` now defaults to"
+        f' `"auto"` = max(batch_size, {EVAL_BATCH_SIZE}).'
+        + (
+            f" Fastest of {report['eval_repeats']} passes each, the two batch sizes alternating."
+            if report.get("eval_repeats", 1) > 1
+            else " One pass each, the two batch sizes one after the other."
+        ),
+        "",
+        "| model | training batch | test images/s | plain images/s | test / plain | eval batch | test images/s "
+        "| plain images/s | test / plain | test speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["models"]:
+        if r["skipped"]:
+            continue
+        old, new = r["fit_inference_train_batch_images_per_s"], r["fit_inference_images_per_s"]
+        old_plain, new_plain = r["plain_inference_train_batch_images_per_s"], r["plain_inference_images_per_s"]
+        lines.append(
+            f"| {r['name']} | {r['batch_size']} | {old:,.0f} | {old_plain:,.0f} | {old / old_plain:.2f} "
+            f"| {r['eval_batch_size']} | {new:,.0f} | {new_plain:,.0f} | {new / new_plain:.2f} | {new / old:.1f}× |"
+        )
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [
@@ -377,7 +448,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{env['date']}; {env['device']}; torch {env['torch']}, lightning {env['lightning']}, "
         f"{env['torch_threads']} torch threads. Load average (1 min) {report['load_before']:.2f} before, "
-        f"{report['load_after']:.2f} after.",
+        f"{report['load_after']:.2f} after." + (f" {report['note']}" if report.get("note") else ""),
         "",
         f"Command: `{report['command']}`"
         + (" (tiny mode: a few batches, not a measurement)" if report["tiny"] else ""),
@@ -397,21 +468,19 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         "",
         "| model | params | batch | optimizer | train images | fit s/epoch | plain s/epoch | fit / plain "
-        "| bare Lightning s/epoch | bare / plain | fit images/s | plain images/s | fit inference images/s "
-        "| plain inference images/s |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| bare Lightning s/epoch | bare / plain | fit images/s | plain images/s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["models"]:
         if r["skipped"]:
-            lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 12)
+            lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 10)
             continue
         lines.append(
             f"| {r['name']} | {r['params']:,} | {r['batch_size']} | {r['optimizer']} | {r['train_images']:,} "
             f"| {r['fit_epoch_s']:.2f} | {r['plain_epoch_s']:.2f} | {r['ratio']:.2f} | {r['bare_epoch_s']:.2f} "
-            f"| {r['bare_ratio']:.2f} | {r['fit_images_per_s']:,.0f} "
-            f"| {r['plain_images_per_s']:,.0f} | {r['fit_inference_images_per_s']:,.0f} "
-            f"| {r['plain_inference_images_per_s']:,.0f} |"
+            f"| {r['bare_ratio']:.2f} | {r['fit_images_per_s']:,.0f} | {r['plain_images_per_s']:,.0f} |"
         )
+    lines += evaluation_table(report)
     sr = report["speedrun"]
     if sr["test_acc"]:
         mean_acc = sum(sr["test_acc"]) / len(sr["test_acc"])
@@ -435,8 +504,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"**torchvision DataLoader** (per-image ToTensor + Normalize, batch 64, no workers): "
         f"{loader['seconds']:.2f} s for {loader['images']:,} images, {loader['images_per_s']:,.0f} images/s"
         + (
-            f"; the MLP's `fit` epoch moves images {mlp['fit_images_per_s'] / loader['images_per_s']:.1f}× faster "
-            "while also training on them."
+            f"; the MLP's `fit` epoch moves images at {mlp['fit_images_per_s'] / loader['images_per_s']:.1f}× its "
+            "rate while also training on them."
             if mlp
             else "."
         ),
@@ -462,11 +531,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="precision of every model (default: the preset's); the plain loop uses the same autocast",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every network (fit, bare and plain)")
+    parser.add_argument("--note", default="", help="a sentence for speed.md about the machine (e.g. what else ran)")
+    parser.add_argument(
+        "--eval-repeats", type=int, default=2, help="test passes per evaluation batch size; the fastest is reported"
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="folder for speed.md and speed.json")
     opts = parser.parse_args(argv)
     if opts.tiny:
-        opts.epochs, opts.train_batches, opts.seeds = 1, opts.train_batches or 5, 1
-    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        opts.epochs, opts.train_batches, opts.seeds, opts.eval_repeats = 1, opts.train_batches or 5, 1, 1
+    command = "python benchmarks/speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     load_before = os.getloadavg()[0]
     wanted = set(opts.models.split(","))
@@ -477,6 +550,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": command.strip(),
         "tiny": opts.tiny,
         "train_batches": opts.train_batches,
+        "eval_repeats": opts.eval_repeats,
+        "note": opts.note,
         "environment": environment(),
         "load_before": load_before,
         "load_after": os.getloadavg()[0],

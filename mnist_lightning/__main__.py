@@ -1,4 +1,4 @@
-from mnist_lightning.cli import main
+from mnist_lightning.entry import main
 
 if __name__ == "__main__":
     main()

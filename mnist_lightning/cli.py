@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import signal
 import sys
 import warnings
 from argparse import Namespace
@@ -16,7 +15,7 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from mnist_lightning.callbacks import PredictionWriter, require_single_process
 from mnist_lightning.checkpoints import (
@@ -41,7 +40,6 @@ from mnist_lightning.reliability import (
     FiniteLossGuard,
     ResumableCheckpoint,
     RunLock,
-    interrupted_by,
 )
 from mnist_lightning.runs import PROJECT_FOLDER, new_run_id, run_directory
 from mnist_lightning.tracking import AutoWandbLogger, SaveConfigToRun, WatchHistograms, is_wandb_logger_config
@@ -138,8 +136,8 @@ class MNISTLightningCLI(LightningCLI):
         defaults = {"default_config_files": [str(config_dir() / "defaults.yaml")]}
         parser_kwargs: dict[str, Any] = {subcommand: defaults for subcommand in SUBCOMMANDS} if run else dict(defaults)
         parser_kwargs["epilog"] = (
-            "more commands: serve (a page to draw digits), export (ONNX, TorchScript); see "
-            "'mnist-lightning serve --help' and 'mnist-lightning export --help'"
+            "more commands: serve (a page to draw digits), export (ONNX, TorchScript), tune (hyperparameter search, "
+            "Optuna); see 'mnist-lightning serve --help' (and export, tune)"
         )
         super().__init__(
             MNISTClassifier,
@@ -180,14 +178,14 @@ class MNISTLightningCLI(LightningCLI):
         """
         if isinstance(args, (dict, Namespace)):
             parse = lambda: parser.parse_object(args)  # noqa: E731
-            first_parse = parse
+            first_parse = lambda: (parse(), True)  # noqa: E731
         else:
             argv = show_model_help(resolve_preset_args(sys.argv[1:] if args is None else list(args)))
             parse = lambda: parser.parse_args(argv)  # noqa: E731
             first_parse = lambda: parse_without_model_settings(parser, argv)  # noqa: E731
         prefixes = [f"{name}." for name in SUBCOMMANDS] if self.with_subcommands else [""]
         parser.set_defaults({f"{prefix}model": MODEL_PLACEHOLDER for prefix in prefixes})
-        config = first_parse()
+        config, complete = first_parse()
         subcommand = config.get("subcommand")
         prefix = f"{subcommand}." if subcommand else ""
         section = config[subcommand] if subcommand else config
@@ -209,7 +207,7 @@ class MNISTLightningCLI(LightningCLI):
                 check_settings(info, cls)
                 defaults[f"{prefix}model"] = {"class_path": info.class_path, "init_args": info.model_settings}
         parser.set_defaults(defaults)
-        if self.checkpoint is not None or user_model is None:
+        if self.checkpoint is not None or user_model is None or not complete:
             config = parse()  # a missing model is now the parser's own "required" error
         section = config[subcommand] if subcommand else config
         follow_root_dir(section)
@@ -277,6 +275,17 @@ class MNISTLightningCLI(LightningCLI):
             # Lightning calls every hook of every callback on every step: the writer only works in `predict`
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, PredictionWriter)]
         return trainer
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # A model or data module that refuses a value (torch's nn.Dropout(p=1.5), say) raises ValueError, which
+            # jsonargparse wraps in its own; it is the user's setting, so it gets one line. Other errors stay bugs.
+            root = innermost(err)
+            if user_error(err) is not None or not isinstance(root, ValueError) or os.environ.get(DEBUG_ENV):
+                raise
+            raise ConfigError(f"a setting was refused while building the model or data: {one_line(str(root))}") from err
 
     def after_instantiate_classes(self) -> None:
         if self.checkpoint is not None and self.checkpoint_state is not None:
@@ -349,20 +358,21 @@ class TentativeParseError(Exception):
     """A first parse failed; the caller decides whether that is the user's error."""
 
 
-def parse_without_model_settings(parser: LightningArgumentParser, argv: list[str]) -> Namespace:
+def parse_without_model_settings(parser: LightningArgumentParser, argv: list[str]) -> tuple[Namespace, bool]:
     """The first parse, which only has to find ``ckpt_path`` and the folders. Settings of the checkpoint's model
     without a ``--model`` (``--model.dropout 0.2``) cannot be parsed before the checkpoint names the class: they are
-    left out of this parse only, and the second parse takes them (or reports them)."""
+    left out of this parse only (the flag returned is False then), and the second parse takes them (or reports
+    them)."""
     reduced = drop_model_settings(argv)
     if reduced != argv and not any(a == "--model" or a.startswith("--model=") for a in argv):
         OneLineErrorParser.tentative = True
         try:
-            return parser.parse_args(reduced)
+            return parser.parse_args(reduced), False
         except TentativeParseError:
             pass  # reported by the full parse below
         finally:
             OneLineErrorParser.tentative = False
-    return parser.parse_args(argv)
+    return parser.parse_args(argv), True
 
 
 def drop_model_settings(argv: list[str]) -> list[str]:
@@ -488,31 +498,13 @@ def show_model_help(args: list[str]) -> list[str]:
     return args
 
 
-def main(args: list[str] | None = None) -> None:
-    """Console entry point; user errors end with one line on stderr and exit code 1 (traceback with DEBUG)."""
-    argv = sys.argv[1:] if args is None else args
-    try:
-        if argv and argv[0] in ("serve", "export", "report"):  # not LightningCLI subcommands: see commands.py
-            from mnist_lightning.commands import run_extra_command
-
-            run_extra_command(argv)
-        else:
-            MNISTLightningCLI(args=args)
-    except SIGTERMException:
-        sys.exit(128 + signal.SIGTERM)  # the checkpoint callback has said where the state was saved
-    except KeyboardInterrupt:
-        sys.exit(128 + signal.SIGINT)
-    except SystemExit as exit_:
-        # Lightning ends a run stopped by Ctrl+C with exit code 1; the shell convention is 128 + SIGINT
-        if interrupted_by() == signal.SIGINT and exit_.code not in (0, None):
-            sys.exit(128 + signal.SIGINT)
-        raise
-    except Exception as err:
-        cause = user_error(err)
-        if cause is None or os.environ.get(DEBUG_ENV):
-            raise
-        print(f"mnist-lightning: error: {summarize_parse_error(str(cause))}", file=sys.stderr)
-        sys.exit(1)
+def innermost(err: BaseException) -> BaseException:
+    """The exception at the bottom of a chain of ``raise ... from ...``."""
+    seen = {id(err)}
+    while err.__cause__ is not None and id(err.__cause__) not in seen:
+        err = err.__cause__
+        seen.add(id(err))
+    return err
 
 
 def user_error(err: BaseException) -> MNISTLightningError | None:

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from mnist_lightning import tune
 from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.export import FORMATS
 from mnist_lightning.outputs import ensure_writable_file
 
-EXTRA_COMMANDS = ("serve", "export", "report")
+EXTRA_COMMANDS = ("serve", "export", "tune", "report")
 TRUSTED_MODEL_HELP = (
     "full class path of a classifier defined outside mnist-lightning that the checkpoint holds (it is imported, "
     "so name only code you trust); this package's classifiers need nothing"
@@ -38,7 +39,7 @@ def port_number(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Arguments of ``mnist-lightning serve`` and ``mnist-lightning export``."""
+    """Arguments of ``mnist-lightning serve``, ``export`` and ``tune``."""
     parser = OneLineArgumentParser(prog="mnist-lightning")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
     about = "a local page to draw digits and see the model's probabilities as you draw"
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--output", default=None, help="file to write (default: the checkpoint's path with .onnx, .pt or .pt2)"
     )
+    tune.add_tune_parser(commands)
     about = (
         "a report on one or several checkpoints: per-class metrics, confusion matrix, confident mistakes, "
         "calibration and temperature, accuracy under shifts (Markdown, PNG, JSON; also logged to the training W&B run)"
@@ -85,9 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_extra_command(args: list[str]) -> None:
-    """Run ``serve`` or ``export`` with command-line ``args`` (the first one names the command)."""
+    """Run ``serve``, ``export`` or ``tune`` with command-line ``args`` (the first one names the command)."""
     options = build_parser().parse_args(args)
-    if options.command == "export":
+    if options.command == "tune":
+        tune.run_tune_command(options)
+    elif options.command == "export":
         from mnist_lightning.export import export_model
 
         output = options.output or Path(options.ckpt_path).with_suffix(FORMATS[options.format])

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from mnist_lightning import MLPClassifier, MNISTDataModule
 from mnist_lightning.callbacks import PredictionWriter
 from mnist_lightning.cli import PROGRESS_BAR_REFRESH_STEPS, MNISTLightningCLI
+from mnist_lightning.data import EVAL_BATCH_SIZE
 from mnist_lightning.models import SpeedrunCNN
 from mnist_lightning.models.base import TrainingSums
 from mnist_lightning.timing import TrainTimer
@@ -34,7 +35,7 @@ def fake_trainer(device: str) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def datamodule(mnist_dir: Path) -> MNISTDataModule:
-    dm = MNISTDataModule(data_dir=str(mnist_dir), batch_size=100)
+    dm = MNISTDataModule(data_dir=str(mnist_dir), batch_size=100, eval_batch_size=100)
     dm.setup("fit")
     return dm
 
@@ -237,7 +238,12 @@ def test_benchmark_tiny_mode_writes_its_table(tmp_path: Path) -> None:
     measured = {m["name"]: m for m in report["models"] if not m["skipped"]}
     assert {"mlp_128_64", "convnet"} <= set(measured)
     for row in measured.values():
-        assert row["fit_epoch_s"] > 0 and row["plain_epoch_s"] > 0 and row["fit_inference_images_per_s"] > 0
+        assert row["fit_epoch_s"] > 0 and row["plain_epoch_s"] > 0
+        # evaluation at the data module's default batch, and at the training batch it used before
+        assert row["eval_batch_size"] == max(row["batch_size"], EVAL_BATCH_SIZE)
+        for key in ("fit_inference", "plain_inference", "fit_inference_train_batch", "plain_inference_train_batch"):
+            assert row[f"{key}_images_per_s"] > 0
+        assert f"| {row['name']} | {row['batch_size']} | " in table and f"| {row['eval_batch_size']} | " in table
         # one epoch each in tiny mode; the plain loop ran one epoch beside fit's and one beside bare Lightning's
         seconds = row["epoch_seconds"]
         assert all(len(seconds[k]) == 1 for k in ("fit", "plain_beside_fit", "bare", "plain_beside_bare"))
@@ -249,3 +255,4 @@ def test_benchmark_tiny_mode_writes_its_table(tmp_path: Path) -> None:
     assert not vit["skipped"] or f"vit: skipped: {vit['skipped']}" in result.stdout
     assert len(report["speedrun"]["test_acc"]) == 1 and report["torchvision_loader"]["images"] > 0
     assert "Speedrun" in table and "torchvision DataLoader" in table and "| bare / plain |" in table
+    assert "**Evaluation**" in table and "| test speed-up |" in table
