@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_extra_command(args: list[str]) -> None:
-    """Run ``serve``, ``export`` or ``tune`` with command-line ``args`` (the first one names the command)."""
+    """Run ``serve``, ``export``, ``tune`` or ``report`` with command-line ``args`` (the first one names the command)."""
     options = build_parser().parse_args(args)
     if options.command == "tune":
         tune.run_tune_command(options)
