@@ -1,4 +1,4 @@
-"""The ``serve`` and ``export`` commands, which LightningCLI does not know: a checkpoint in, a page or a file out."""
+"""The ``serve``, ``export`` and ``report`` commands, which LightningCLI does not know: checkpoints in, files out."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.export import FORMATS
 from mnist_lightning.outputs import ensure_writable_file
 
-EXTRA_COMMANDS = ("serve", "export", "tune")
+EXTRA_COMMANDS = ("serve", "export", "tune", "report")
 TRUSTED_MODEL_HELP = (
     "full class path of a classifier defined outside mnist-lightning that the checkpoint holds (it is imported, "
     "so name only code you trust); this package's classifiers need nothing"
@@ -60,11 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default=None, help="file to write (default: the checkpoint's path with .onnx, .pt or .pt2)"
     )
     tune.add_tune_parser(commands)
+    about = (
+        "a report on one or several checkpoints: per-class metrics, confusion matrix, confident mistakes, "
+        "calibration and temperature, accuracy under shifts (Markdown, PNG, JSON; also logged to the training W&B run)"
+    )
+    report = commands.add_parser("report", help=about, description=about)
+    report.add_argument(
+        "--ckpt_path", required=True, nargs="+", help="checkpoints written by mnist-lightning fit ('last': the newest)"
+    )
+    report.add_argument(
+        "--output", default=None, help="folder (default: <run dir>/report for one, runs/reports/<date-time> for more)"
+    )
+    report.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not log to the training W&B runs")
+    report.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: %(default)s)")
+    report.add_argument("--batch_size", type=int, default=2000, help="(default: %(default)s)")
+    report.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: %(default)s)")
+    report.add_argument(
+        "--shift_images",
+        type=int,
+        default=1000,
+        help="test images per shifted level (default: %(default)s, 10000: all)",
+    )
+    report.add_argument("--shifts", nargs="+", default=None, help="shifts to run (default: all)")
+    report.add_argument("--model", default=None, help=TRUSTED_MODEL_HELP)
     return parser
 
 
 def run_extra_command(args: list[str]) -> None:
-    """Run ``serve``, ``export`` or ``tune`` with command-line ``args`` (the first one names the command)."""
+    """Run ``serve``, ``export``, ``tune`` or ``report`` with command-line ``args`` (the first one names the command)."""
     options = build_parser().parse_args(args)
     if options.command == "tune":
         tune.run_tune_command(options)
@@ -76,6 +99,21 @@ def run_extra_command(args: list[str]) -> None:
         model = load_classifier(options.ckpt_path, trusted=[options.model] if options.model else [])
         written = export_model(model, output, options.format)
         print(f"Exported {type(model).__name__} as {options.format} to {written}", file=sys.stderr)
+    elif options.command == "report":
+        from mnist_lightning.report import build_report
+
+        written = build_report(
+            options.ckpt_path,
+            options.output,
+            use_wandb=options.wandb,
+            device=options.device,
+            batch_size=options.batch_size,
+            seed=options.seed,
+            shift_images=options.shift_images,
+            shifts=options.shifts,
+            trusted=[options.model] if options.model else [],
+        )
+        print(f"Report written to {written.markdown} ({written.data['seconds']:.0f} s)", file=sys.stderr)
     else:
         from mnist_lightning.serve import serve
 

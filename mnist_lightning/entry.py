@@ -1,5 +1,5 @@
 """The ``mnist-lightning`` console script: LightningCLI's subcommands (fit, validate, test, predict) and the extra
-commands (serve, export, tune), with one line and a conventional exit code for every user error.
+commands (serve, export, tune, report), with one line and a conventional exit code for every user error.
 
 It sits above :mod:`mnist_lightning.cli` and :mod:`mnist_lightning.commands`, so that neither imports the other.
 """
@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mnist_lightning.cli import DEBUG_ENV, MNISTLightningCLI, summarize_parse_error, user_error
 from mnist_lightning.reliability import interrupted_by
 
-EXTRA_COMMANDS = ("serve", "export", "tune")
+EXTRA_COMMANDS = ("serve", "export", "tune", "report")
 
 
 def main(args: list[str] | None = None) -> None:

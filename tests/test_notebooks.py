@@ -22,6 +22,7 @@ FIGURES = {
     "02_train_and_compare.ipynb": 1,
     "03_vit_attention.ipynb": 4,
     "04_predictions.ipynb": 4,
+    "05_robustness_and_calibration.ipynb": 4,
 }
 CELL_TIMEOUT_S = 150
 
