@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from mnist_lightning.errors import MNISTLightningError
+from mnist_lightning.errors import ConfigError, MNISTLightningError
 from mnist_lightning.outputs import write_atomically
 
 
@@ -35,11 +35,16 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         output: the CSV file; relative paths are under the trainer's ``default_root_dir``.
+        temperature: divide the logits by this before the softmax (the ``temperature`` that
+            ``mnist-lightning report`` fits on the validation split calibrates the probabilities).
     """
 
-    def __init__(self, output: str = "predictions.csv") -> None:
+    def __init__(self, output: str = "predictions.csv", temperature: float = 1.0) -> None:
         super().__init__(write_interval="epoch")
+        if not temperature > 0:
+            raise ConfigError(f"predictions.temperature must be positive, got {temperature}; try 1.0")
         self.output = output
+        self.temperature = temperature
         self.output_path: Path | None = None  # checked before predicting (see MNISTLightningCLI.before_predict)
         self.written: Path | None = None
 
@@ -51,6 +56,7 @@ class PredictionWriter(BasePredictionWriter):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "predict":
             require_single_process(trainer.world_size)
+            pl_module.temperature = self.temperature
 
     def write_on_epoch_end(
         self,

@@ -38,6 +38,17 @@ def port_number(text: str) -> int:
     return port
 
 
+def positive_number(text: str) -> float:
+    """A number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be above 0; try 1.0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``mnist-lightning serve``, ``export`` and ``tune``."""
     parser = OneLineArgumentParser(prog="mnist-lightning")
@@ -48,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default=None, help=TRUSTED_MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=port_number, default=8000, help="port; 0 picks a free one (default: %(default)s)")
+    serve.add_argument(
+        "--temperature",
+        type=positive_number,
+        default=1.0,
+        help="divide the logits by this before the softmax: the temperature 'mnist-lightning report' fits (default: 1)",
+    )
     about = (
         "write the model as ONNX, TorchScript or torch.export (pt2) file: input 'images' uint8 (N, 28, 28) "
         "white ink on black, outputs 'logits' and 'probabilities' float32 (N, 10)"
@@ -87,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_extra_command(args: list[str]) -> None:
-    """Run ``serve``, ``export``, ``tune`` or ``report`` with command-line ``args`` (the first one names the command)."""
+    """Run ``serve``, ``export``, ``tune`` or ``report`` with ``args`` (the first one names the command)."""
     options = build_parser().parse_args(args)
     if options.command == "tune":
         tune.run_tune_command(options)
@@ -118,4 +135,5 @@ def run_extra_command(args: list[str]) -> None:
         from mnist_lightning.serve import serve
 
         model = load_classifier(options.ckpt_path, trusted=[options.model] if options.model else [])
+        model.temperature = options.temperature
         serve(model, options.ckpt_path, options.host, options.port)

@@ -165,7 +165,7 @@ def predict_digit(model: MNISTClassifier, digit: np.ndarray) -> dict[str, Any]:
     pixels = torch.from_numpy(digit).to(device)
     images = normalize(pixels.float().div(255)).view(1, 1, 28, 28)
     with torch.no_grad():
-        probs = model(images).softmax(dim=1)[0].float().cpu()
+        probs = model.probabilities(images)[0].cpu()
         attention = class_token_attention(model, images)
     return {
         "prediction": int(probs.argmax()),

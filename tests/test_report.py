@@ -180,3 +180,24 @@ def test_unwritable_output_is_one_line(trained: dict[str, Path], isolated: Path)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "taken is a file, not a folder" in result.stderr
+
+
+def test_predict_applies_the_reported_temperature(isolated: Path) -> None:
+    import csv
+
+    fit = ["fit", "--config", str(CONFIGS / "linear.yaml"), "--trainer.max_epochs", "1", "--trainer.logger", "false"]
+    run_cli(*fit, "--trainer.limit_train_batches", "10", "--trainer.limit_val_batches", "2")
+    best = next(isolated.rglob("best-*.ckpt"))
+    tops, digits = {}, {}
+    for temperature in ("1.0", "3.0"):
+        out = isolated / f"p{temperature}.csv"
+        run_cli("predict", "--ckpt_path", str(best), "--predictions.temperature", temperature,
+                "--predictions.output", str(out), "--trainer.limit_predict_batches", "1")  # fmt: skip
+        rows = list(csv.DictReader(out.open()))
+        tops[temperature] = [max(float(r[f"prob_{k}"]) for k in range(10)) for r in rows]
+        digits[temperature] = [r["prediction"] for r in rows]
+    # a higher temperature softens every probability and changes no prediction
+    assert digits["3.0"] == digits["1.0"]
+    assert all(hot < cold for hot, cold in zip(tops["3.0"], tops["1.0"]))
+    bad = run_cli("predict", "--ckpt_path", str(best), "--predictions.temperature", "0", check=False)
+    assert bad.returncode == 1 and "predictions.temperature must be positive" in bad.stderr

@@ -122,6 +122,7 @@ class MNISTClassifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
         self.val_acc_best = MaxMetric()
+        self.temperature = 1.0  # calibration of the probabilities, not a hyperparameter of training
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``(B, 10)`` for normalized images ``(B, 1, 28, 28)``."""
@@ -241,7 +242,13 @@ class MNISTClassifier(L.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Class probabilities ``(B, 10)`` (float32 also under mixed precision)."""
-        return self(batch[0]).float().softmax(dim=1)
+        return self.probabilities(batch[0])
+
+    def probabilities(self, images: Tensor) -> Tensor:
+        """Class probabilities ``(B, 10)`` in float32: the softmax of the logits divided by ``self.temperature``
+        (1 unless set; ``mnist-lightning report`` fits one on the validation split: ``--predictions.temperature``
+        and ``serve --temperature`` apply it)."""
+        return (self(images).float() / self.temperature).softmax(dim=1)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer the settings ask for, over all parameters (no schedule)."""
