@@ -200,10 +200,10 @@ class MNISTClassifier(L.LightningModule):
         One-cycle and cosine schedules are laid out over the run's total steps when it starts; a run resumed with
         another ``max_epochs`` would step past the end of its schedule (or stop before its end) hours later.
         """
-        trainer = self._trainer
         planned, self._planned_steps = getattr(self, "_planned_steps", None), None
-        if trainer is None or self.hparams.get("scheduler", "none") == "none" or not planned:
+        if self.hparams.get("scheduler", "none") == "none" or not planned:
             return
+        trainer = self.trainer  # called from on_train_start: always attached
         wanted = trainer.estimated_stepping_batches
         if planned == wanted:
             return
