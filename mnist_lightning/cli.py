@@ -295,8 +295,11 @@ class MNISTLightningCLI(LightningCLI):
         if self.subcommand in (None, "fit"):
             self.place_run()
         elif isinstance(callback, ModelCheckpoint) and callback.dirpath is None and self.checkpoint is not None:
-            # evaluating a checkpoint saves nothing: its own folder keeps Lightning from warning "dirpath has changed"
+            # evaluating a checkpoint saves nothing, so where the checkpoint callback would save does not matter;
+            # Lightning still compares it with the folder stored in the file and warns "dirpath has changed" about
+            # best-k bookkeeping that evaluation never uses: not something a user can act on
             callback.dirpath = str(self.checkpoint.path.parent)
+            warnings.filterwarnings("ignore", message="The dirpath has changed")
 
     def place_run(self) -> None:
         """Give this run its own folder ``<root>/<project>/<run id>``, with or without a logger."""
