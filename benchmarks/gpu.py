@@ -437,6 +437,7 @@ def run_speed(part: Part, opts: argparse.Namespace, rows: list[dict[str, Any]]) 
                     train_batches=opts.speed_batches,
                     precision=precision,
                     compile=compiled,
+                    eval_repeats=1,  # one test pass per evaluation batch: the GPU minutes go to training
                 )
                 start = time.perf_counter()
                 try:
