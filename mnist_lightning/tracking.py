@@ -81,7 +81,8 @@ class AutoWandbLogger(WandbLogger):
         if not kwargs.get("id") and not kwargs.get("version"):
             # chosen now rather than by wandb.init, so the run folder <save_dir>/<project>/<id> is known (and
             # checked, and locked) before anything is written
-            kwargs["id"] = new_run_id()
+            # a W&B sweep agent names the run of each trial in WANDB_RUN_ID: that one, or a new one
+            kwargs["id"] = os.environ.get("WANDB_RUN_ID") or new_run_id()
         ensure_writable_folder(kwargs["save_dir"], "the W&B folder (save_dir)")  # wandb.init needs it, and fails late
         init_extras = {key: value for key, value in (("tags", tags), ("group", group), ("notes", notes)) if value}
         # Lightning refuses log_model when offline; the artifacts are logged here instead, in both modes
