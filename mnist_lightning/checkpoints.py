@@ -31,6 +31,7 @@ RUN_ID_KEY = "wandb_run_id"
 METRICS_KEY = "metrics"
 # data settings that belong to the machine or the command, not to the trained model
 MACHINE_DATA_SETTINGS = ("data_dir", "predict_images")
+LIGHTNING_VERSION_KEY = "pytorch-lightning_version"  # every checkpoint Lightning writes has it; its loader needs it
 LAST_NAME = re.compile(r"last(-v\d+)?\.ckpt")
 RUN_ID = re.compile(r"[a-z0-9]{8}")
 
@@ -92,6 +93,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
+    if LIGHTNING_VERSION_KEY not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path} was not written by Lightning (no {LIGHTNING_VERSION_KEY}); load its weights into a "
+            "model yourself with load_state_dict"
+        )
     return checkpoint
 
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -37,6 +38,7 @@ from mnist_lightning.handwriting import (
 
 # the tiny test classifiers live outside the package: commands must be told to trust (import) them
 TRUST = ("--model", "tiny_models.TinyCNNClassifier")
+LIGHTNING_VERSION = "pytorch-lightning_version"  # Lightning's loader reads it from every checkpoint
 pytest_plugins = ["digit_fixtures"]  # cnn_checkpoint, mnist_test: shared with test_serve.py, trained once
 CHROMIUM_PATHS = (Path("/usr/bin/chromium"), Path("/usr/bin/chromium-browser"))
 
@@ -417,12 +419,12 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def attention_checkpoint(tmp_path: Path) -> Path:
-    """An untrained TinyAttentionClassifier saved with the two entries of a fit checkpoint that serving reads."""
+    """An untrained TinyAttentionClassifier saved with the entries of a fit checkpoint that serving reads."""
     torch.manual_seed(0)
     model = TinyAttentionClassifier(heads=4, blocks=2)
     hparams = {**model.hparams, "_class_path": "tiny_models.TinyAttentionClassifier"}
     path = tmp_path / "attention.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams}, path)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, LIGHTNING_VERSION: L.__version__}, path)
     return path
 
 
