@@ -137,8 +137,13 @@ def test_documented_accuracies_are_the_measured_ones() -> None:
     readme = table_rows(README.read_text(), "Presets and their accuracy")
     summary = table_rows(CATALOGUE.read_text(), "Summary")
     presets = model_presets()
-    assert set(measured) | {"speedrun"} == set(presets)
+    # a preset with no measurement yet (designed for a GPU) must say so in both tables, never show a figure
+    unmeasured = set(presets) - set(measured) - {"speedrun"}
+    assert set(measured) <= set(presets)
     for preset in presets:
+        if preset in unmeasured:
+            assert all(table[preset][-1].startswith("not measured yet") for table in (readme, summary)), preset
+            continue
         if preset == "speedrun":
             figure, capped = f"{100 * mean(speedrun['test_acc']):.2f}% (mean", False
         else:
