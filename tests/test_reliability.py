@@ -75,7 +75,7 @@ def mlp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "false",
         ]
     )
-    return root / "checkpoints" / "last.ckpt"
+    return find_last(root)  # <root>/mnist-lightning/<run id>/checkpoints/last.ckpt
 
 
 def damaged_copy(root: Path, name: str, content: bytes | None) -> Path:
