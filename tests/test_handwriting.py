@@ -422,7 +422,12 @@ def attention_checkpoint(tmp_path: Path) -> Path:
     """An untrained TinyAttentionClassifier saved with the entries of a fit checkpoint that serving reads."""
     torch.manual_seed(0)
     model = TinyAttentionClassifier(heads=4, blocks=2)
-    hparams = {**model.hparams, "_class_path": "tiny_models.TinyAttentionClassifier"}
+    # what LightningCLI records beside the settings: the class and the instantiator that rebuilds it
+    hparams = {
+        **model.hparams,
+        "_class_path": "tiny_models.TinyAttentionClassifier",
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+    }
     path = tmp_path / "attention.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, LIGHTNING_VERSION: L.__version__}, path)
     return path
