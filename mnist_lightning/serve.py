@@ -165,7 +165,8 @@ def predict_digit(model: MNISTClassifier, digit: np.ndarray) -> dict[str, Any]:
     pixels = torch.from_numpy(digit).to(device)
     images = normalize(pixels.float().div(255)).view(1, 1, 28, 28)
     with torch.no_grad():
-        probs = model.probabilities(images)[0].cpu()
+        # any module with a forward pass can be served; a classifier's temperature (serve --temperature) applies
+        probs = (model(images).float() / getattr(model, "temperature", 1.0)).softmax(dim=1)[0].cpu()
         attention = class_token_attention(model, images)
     return {
         "prediction": int(probs.argmax()),

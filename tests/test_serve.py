@@ -414,3 +414,15 @@ def test_the_server_answers_after_the_burst(address: str, known_digits: list[tup
         result: dict[str, Any] = json.loads(answer)
         assert status == 200 and result["prediction"] == label
         assert sum(result["probabilities"]) == pytest.approx(1, abs=1e-4) and len(result["pixels"]) == 28 * 28
+
+
+def test_serve_applies_the_temperature(cnn_checkpoint: Path, mnist_test: tuple[np.ndarray, np.ndarray]) -> None:
+    model = TinyCNNClassifier.load_from_checkpoint(cnn_checkpoint, map_location="cpu", weights_only=True).eval()
+    body = predict_body(digit_png(mnist_test[0][0]))
+    answers = {}
+    for temperature in (1.0, 4.0):
+        model.temperature = temperature  # what `serve --temperature` sets
+        answers[temperature] = create_app(model).test_client().post("/predict", data=body, headers=JSON).get_json()
+    assert answers[4.0]["prediction"] == answers[1.0]["prediction"]
+    assert max(answers[4.0]["probabilities"]) < max(answers[1.0]["probabilities"])
+    assert sum(answers[4.0]["probabilities"]) == pytest.approx(1, abs=1e-5)
