@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from mnist_lightning import tune
+from mnist_lightning.argtypes import port_number, positive_int, positive_number
 from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.export import FORMATS
 from mnist_lightning.outputs import ensure_writable_file
@@ -25,28 +26,6 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"mnist-lightning: error: {message}; see '{self.prog} --help'", file=sys.stderr)
         sys.exit(2)
-
-
-def port_number(text: str) -> int:
-    """A TCP port, 0 to 65535 (0: any free one)."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number; use 0 to 65535") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number; use 0 to 65535 (0 picks a free port)")
-    return port
-
-
-def positive_number(text: str) -> float:
-    """A number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be above 0; try 1.0")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,11 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not log to the training W&B runs")
     report.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: %(default)s)")
-    report.add_argument("--batch_size", type=int, default=2000, help="(default: %(default)s)")
+    report.add_argument("--batch_size", type=positive_int, default=2000, help="(default: %(default)s)")
     report.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: %(default)s)")
     report.add_argument(
         "--shift_images",
-        type=int,
+        type=positive_int,
         default=1000,
         help="test images per shifted level (default: %(default)s, 10000: all)",
     )

@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mnist_lightning.argtypes import positive_int, positive_number
 from mnist_lightning.cli import DEBUG_ENV, MNISTLightningCLI, config_dir, preset_names, summarize_parse_error
 from mnist_lightning.errors import ConfigError, MNISTLightningError
 from mnist_lightning.outputs import ensure_writable_folder, replace_atomically, write_atomically
@@ -799,7 +800,10 @@ def add_tune_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("space", help="search space YAML file, or the name of one in configs/tune/")
     parser.add_argument("--study", default=None, help="study name (default: the space's 'study', else its file name)")
     parser.add_argument(
-        "--n_trials", type=int, default=None, help="the study's total of finished trials (default: the space's)"
+        "--n_trials",
+        type=positive_int,
+        default=None,
+        help="the study's total of finished trials (default: the space's)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted study, or join it from another process"
@@ -807,7 +811,7 @@ def add_tune_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--root", default="runs", help="the study goes to ROOT/tune/<study>/ (default: %(default)s)")
     parser.add_argument(
         "--stale_after",
-        type=float,
+        type=positive_number,
         default=600.0,
         help="with --resume: a running trial of another machine silent for this many seconds is dead "
         "(default: %(default)s)",

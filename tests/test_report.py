@@ -201,3 +201,27 @@ def test_predict_applies_the_reported_temperature(isolated: Path) -> None:
     assert all(hot < cold for hot, cold in zip(tops["3.0"], tops["1.0"]))
     bad = run_cli("predict", "--ckpt_path", str(best), "--predictions.temperature", "0", check=False)
     assert bad.returncode == 1 and "predictions.temperature must be positive" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", "--ckpt_path", "x.ckpt", "--batch_size", "0"],
+        ["report", "--ckpt_path", "x.ckpt", "--shift_images=-5"],
+        ["report", "--ckpt_path", "x.ckpt", "--batch_size", "many"],
+        ["tune", "configs/tune/linear.yaml", "--n_trials", "0"],
+        ["tune", "configs/tune/linear.yaml", "--stale_after=-1"],
+        ["serve", "--ckpt_path", "x.ckpt", "--temperature", "0"],
+    ],
+)
+def test_numbers_out_of_range_are_one_line_before_any_work(
+    isolated: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    from mnist_lightning.entry import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    value = args[-1].split("=", 1)[1] if "=" in args[-1] else args[-1]  # both spellings: `--x v` and `--x=v`
+    assert line.startswith("mnist-lightning: error: argument --") and repr(value).strip("'") in line
