@@ -10,15 +10,28 @@ machines, add up to one table in ``benchmarks/results.md``.
     python benchmarks/results.py --presets mlp_strong convnet      # some presets
     python benchmarks/results.py --presets convnet --max-epochs 1  # a quick check (marked as capped in the table)
     python benchmarks/results.py --table-only                      # rewrite the markdown from the JSON
+
+The frontier presets are measured over seeds, keeping their checkpoints for the ensemble rows (two processes can
+run side by side, one seed each; rows are merged into the JSON under a lock):
+
+    python benchmarks/results.py --presets cnn_frontier --seeds 1 2 3 --keep frontier-checkpoints
+
+and the ensemble rows test every kept checkpoint of the presets named, together, through ``mnist-lightning test
+--ensemble ... --tta N``:
+
+    python benchmarks/results.py --ensemble cnn_frontier --tta 5 --keep frontier-checkpoints
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mnist_lightning.cli import MNISTLightningCLI  # noqa: E402
+from mnist_lightning.outputs import replace_atomically, write_atomically  # noqa: E402
 
 CONFIGS = REPO / "configs"
 CATALOGUE_PRESETS = [
@@ -51,6 +65,8 @@ CATALOGUE_PRESETS = [
     "vit_encoder",
 ]
 STRONG_PRESETS = ["mlp_strong", "cnn_strong", "vit_strong"]
+FRONTIER_PRESETS = ["cnn_frontier", "mlp_frontier", "vit_frontier"]
+ALL_PRESETS = CATALOGUE_PRESETS + STRONG_PRESETS + FRONTIER_PRESETS
 # what the notebook a preset came from reported (docs/presets.md), and the targets of the stronger presets
 SOURCE_FIGURES = {
     "mlp_128_64": "97.76%",
@@ -59,6 +75,9 @@ SOURCE_FIGURES = {
     "mlp_strong": "target ≥ 98.8%",
     "cnn_strong": "target ≥ 99.6%",
     "vit_strong": "target ≥ 99.3%",
+    "cnn_frontier": "target ≥ 99.70% (mean of 3 seeds)",
+    "mlp_frontier": "target ≥ 99.40%",
+    "vit_frontier": "target ≥ 99.50%",
 }
 
 
@@ -88,25 +107,41 @@ def recipe_epochs(preset: str) -> int:
     raise ValueError(f"no trainer.max_epochs for {preset}")
 
 
-def run_preset(preset: str, max_epochs: int | None, workdir: Path, extra_args: Sequence[str] = ()) -> dict[str, Any]:
+def run_preset(
+    preset: str,
+    max_epochs: int | None,
+    workdir: Path,
+    extra_args: Sequence[str] = (),
+    seed: int | None = None,
+    keep: Path | None = None,
+) -> dict[str, Any]:
     """Fit one preset from its config, test its best-validation checkpoint, and return the table row.
 
     ``extra_args`` are more command-line options for the CLI (benchmarks/gpu.py's tiny mode limits the batches).
+    ``seed`` replaces the preset's ``seed_everything`` (weights, shuffle and augmentation; the validation split
+    stays the preset's). With ``keep`` the best checkpoint is copied to ``keep/<preset>/seed<seed>.ckpt``.
     """
     config = CONFIGS / f"{preset}.yaml"
     if not config.is_file():
-        raise FileNotFoundError(f"no preset {config}; choose from {', '.join(CATALOGUE_PRESETS + STRONG_PRESETS)}")
+        raise FileNotFoundError(f"no preset {config}; choose from {', '.join(ALL_PRESETS)}")
     full = recipe_epochs(preset)
     epochs = min(full, max_epochs) if max_epochs else full
     args = ["--config", str(CONFIGS / "defaults.yaml"), "--config", str(config)]
     args += ["--trainer.max_epochs", str(epochs), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
-    args += ["--trainer.default_root_dir", str(workdir / preset), "--checkpoint.dirpath", str(workdir / preset)]
+    folder = workdir / (preset if seed is None else f"{preset}-seed{seed}")
+    args += ["--trainer.default_root_dir", str(folder), "--checkpoint.dirpath", str(folder)]
+    if seed is not None:
+        args += ["--seed_everything", str(seed)]
     args += list(extra_args)
     cli = MNISTLightningCLI(args=args, run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
     tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    if keep is not None:
+        kept = keep / preset / f"seed{seed if seed is not None else 'default'}.ckpt"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(kept, lambda tmp: shutil.copyfile(cli.trainer.checkpoint_callback.best_model_path, tmp))
     return {
         "preset": preset,
         "model": type(cli.model).__name__,
@@ -120,14 +155,77 @@ def run_preset(preset: str, max_epochs: int | None, workdir: Path, extra_args: S
         "hardware": hardware(torch.get_num_threads()),
         "date": dt.date.today().isoformat(),
         "source": SOURCE_FIGURES.get(preset, "not reported"),
+        **({"seed": seed} if seed is not None else {}),
+    }
+
+
+def over_seeds(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One row for the runs of a preset with different seeds: means, the test accuracy's standard deviation."""
+    rows = [runs[seed] for seed in sorted(runs, key=int)]
+    accs = [r["test_acc"] for r in rows]
+    summary = dict(rows[-1])
+    summary.pop("seed", None)
+    summary.update(
+        {
+            "test_acc": round(statistics.fmean(accs), 3),
+            "test_acc_std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0,
+            "test_loss": round(statistics.fmean(r["test_loss"] for r in rows), 4),
+            "best_val_acc": round(statistics.fmean(r["best_val_acc"] for r in rows), 3),
+            "seconds_per_epoch": round(statistics.fmean(r["seconds_per_epoch"] for r in rows), 1),
+            "epochs": min(r["epochs"] for r in rows),
+            "date": max(r["date"] for r in rows),
+            "runs": runs,
+        }
+    )
+    return summary
+
+
+def save_row(results: Path, output: Path, key: str, row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Merge ``row`` into the JSON (under a lock: several processes may run seeds side by side) and rewrite both."""
+    with open(results.with_name(results.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows: dict[str, dict[str, Any]] = json.loads(results.read_text()) if results.is_file() else {}
+        if "seed" in row:
+            runs = dict(rows.get(key, {}).get("runs", {}))
+            runs[str(row["seed"])] = row
+            row = over_seeds(runs)
+        rows[key] = row
+        write_atomically(results, json.dumps(rows, indent=2) + "\n")
+        write_atomically(output, markdown(rows))
+    return rows
+
+
+def run_ensemble(presets: Sequence[str], keep: Path, views: int, workdir: Path) -> tuple[str, dict[str, Any]]:
+    """Test the kept checkpoints of ``presets`` as one ensemble with ``views`` test-time views: key and row."""
+    members = [path for preset in presets for path in sorted((keep / preset).glob("seed*.ckpt"))]
+    if not members:
+        raise FileNotFoundError(f"no kept checkpoints {keep}/<preset>/seed*.ckpt for {', '.join(presets)}")
+    args = ["test", "--ensemble", *map(str, members), "--tta", str(views), "--trainer.logger", "false"]
+    args += ["--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(workdir)]
+    start = time.perf_counter()
+    cli = MNISTLightningCLI(args=args)
+    seconds = time.perf_counter() - start
+    metrics = cli.trainer.callback_metrics
+    counts = ", ".join(f"{preset} ×{sum(1 for m in members if m.parent.name == preset)}" for preset in presets)
+    key = f"ensemble: {counts}; {views} view{'s' if views > 1 else ''}"
+    return key, {
+        "ensemble": [str(m.relative_to(keep)) for m in members],
+        "views": views,
+        "parameters": cli.model.num_parameters,
+        "test_acc": round(100 * float(metrics["test/acc"]), 2),
+        "test_loss": round(float(metrics["test/loss"]), 4),
+        "test_seconds": round(seconds, 1),
+        "hardware": hardware(torch.get_num_threads()),
+        "date": dt.date.today().isoformat(),
+        "command": f"python benchmarks/results.py --ensemble {' '.join(presets)} --tta {views} --keep {keep.name}",
     }
 
 
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
     """The results table, presets in the order of docs/presets.md and then the stronger ones."""
-    order = [p for p in CATALOGUE_PRESETS + STRONG_PRESETS if p in rows] + sorted(
-        set(rows) - set(CATALOGUE_PRESETS + STRONG_PRESETS)
-    )
+    ensembles = {key: row for key, row in rows.items() if "ensemble" in row}
+    rows = {key: row for key, row in rows.items() if key not in ensembles}
+    order = [p for p in ALL_PRESETS if p in rows] + sorted(set(rows) - set(ALL_PRESETS))
     lines = [
         "# Results",
         "",
@@ -136,6 +234,8 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
         "`benchmarks/results.json`. *Epochs* says `run / recipe`: a row with fewer epochs than its recipe was capped",
         "(`--max-epochs`; a one-cycle or cosine schedule is then compressed into those epochs) and is not the preset's",
         "full result. Seconds per epoch include validation; on a shared, loaded CPU they are slow and noisy.",
+        "Rows measured over several seeds show the mean test accuracy ± its standard deviation and the seeds; the",
+        "validation split is the same for every seed.",
         "",
     ]
     lines += [
@@ -146,20 +246,48 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
     for preset in order:
         r = rows[preset]
         epochs = f"{r['epochs']} / {r['recipe_epochs']}" + ("" if r["epochs"] >= r["recipe_epochs"] else " (capped)")
+        acc = f"{r['test_acc']:.2f}%"
+        if len(r.get("runs", ())) > 1:
+            acc = f"{r['test_acc']:.2f} ± {r['test_acc_std']:.2f}% ({len(r['runs'])} seeds: {', '.join(r['runs'])})"
         lines.append(
-            f"| `{preset}` | {r['model']} | {r['parameters']:,} | {epochs} | {r['test_acc']:.2f}% | "
+            f"| `{preset}` | {r['model']} | {r['parameters']:,} | {epochs} | {acc} | "
             f"{r['test_loss']:.4f} | {r['best_val_acc']:.2f}% | {r['seconds_per_epoch']:.1f} | {r['source']} | "
             f"{r['hardware']}{'; ' + r['load'] if r.get('load') else ''} | {r['date']} |"
         )
-    missing = [p for p in CATALOGUE_PRESETS + STRONG_PRESETS if p not in rows]
+    missing = [p for p in ALL_PRESETS if p not in rows]
     if missing:
         lines += ["", f"Not measured yet: {', '.join(f'`{p}`' for p in missing)}."]
+    if ensembles:
+        lines += [
+            "",
+            "## Ensembles and test-time augmentation",
+            "",
+            "The class probabilities of every kept checkpoint (each chosen on the validation split) and of every view",
+            "of each test image (the image and its one-pixel shifts), averaged; the test loss is the NLL of the",
+            "averaged probabilities. Each row's command regenerates it from the kept checkpoints.",
+            "",
+            "| ensemble | views | parameters | test acc | test loss | test seconds | hardware | date | command |",
+            "|---|---:|---:|---:|---:|---:|---|---|---|",
+        ]
+        for key in sorted(ensembles):
+            r = ensembles[key]
+            lines.append(
+                f"| {key.removeprefix('ensemble: ').split(';')[0]} | {r['views']} | {r['parameters']:,} | "
+                f"{r['test_acc']:.2f}% | {r['test_loss']:.4f} | {r['test_seconds']:.1f} | {r['hardware']} | "
+                f"{r['date']} | `{r['command']}` |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=CATALOGUE_PRESETS + STRONG_PRESETS, help="presets to run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="run every preset once per seed")
+    parser.add_argument("--keep", type=Path, default=None, help="keep best checkpoints as KEEP/<preset>/seed<S>.ckpt")
+    parser.add_argument(
+        "--ensemble", nargs="+", default=None, help="test the kept checkpoints of these presets together"
+    )
+    parser.add_argument("--tta", type=int, default=1, help="with --ensemble: test-time views per image (1 to 9)")
     parser.add_argument("--max-epochs", type=int, default=None, help="cap every preset's epochs (a quick check)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     parser.add_argument("--load", default="", help="a note on the machine's load, shown with the hardware")
@@ -171,17 +299,23 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "offline")
     rows: dict[str, dict[str, Any]] = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    if not args.table_only:
+    if args.ensemble:
+        if args.keep is None:
+            parser.error("--ensemble needs --keep, the folder the checkpoints were kept in")
+        with tempfile.TemporaryDirectory(prefix="mnist-results-") as workdir:
+            key, row = run_ensemble(args.ensemble, args.keep, args.tta, Path(workdir))
+        print(json.dumps(row), flush=True)
+        rows = save_row(args.results, args.output, key, row)
+    elif not args.table_only:
         with tempfile.TemporaryDirectory(prefix="mnist-results-") as workdir:
             for preset in args.presets:
-                row = run_preset(preset, args.max_epochs, Path(workdir))
-                if args.load:
-                    row["load"] = args.load
-                rows[preset] = row
-                print(json.dumps(row), flush=True)
-                args.results.write_text(json.dumps(rows, indent=2) + "\n")
-                args.output.write_text(markdown(rows))
-    args.output.write_text(markdown(rows))
+                for seed in args.seeds or [None]:
+                    row = run_preset(preset, args.max_epochs, Path(workdir), seed=seed, keep=args.keep)
+                    if args.load:
+                        row["load"] = args.load
+                    print(json.dumps(row), flush=True)
+                    rows = save_row(args.results, args.output, preset, row)
+    write_atomically(args.output, markdown(rows))
     print(f"wrote {args.output}")
 
 

@@ -28,9 +28,11 @@ from mnist_lightning.checkpoints import (
     find_last,
     inspect_checkpoint,
     known_class_paths,
+    load_classifier,
     read_checkpoint,
 )
 from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.ensemble import MAX_VIEWS, EnsembleClassifier, check_views, expand_checkpoints
 from mnist_lightning.errors import CheckpointError, ConfigError, MNISTLightningError
 from mnist_lightning.media import MediaLogger
 from mnist_lightning.models import MNISTClassifier
@@ -167,6 +169,21 @@ class MNISTLightningCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(MediaLogger, "media")
         parser.add_lightning_class_args(FiniteLossGuard, "loss_guard")
+        parser.add_argument(
+            "--ensemble",
+            type=str,
+            nargs="+",
+            default=None,
+            help="test and predict: more checkpoints (files, or folders of .ckpt files) whose class probabilities "
+            "are averaged with those of --ckpt_path (which, if not given, is the first of these)",
+        )
+        parser.add_argument(
+            "--tta",
+            type=int,
+            default=1,
+            help=f"test and predict: average the probabilities of this many views of every image: the image and its "
+            f"one-pixel shifts (1, the default, is off; 5 adds up, down, left, right; at most {MAX_VIEWS})",
+        )
 
     # ----------------------------------------------------------------------------------------------- parsing
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -193,6 +210,8 @@ class MNISTLightningCLI(LightningCLI):
         user_model = None if is_placeholder(section.get("model")) else section.model
 
         ckpt_path = section.get("ckpt_path")
+        if not ckpt_path and section.get("ensemble"):
+            ckpt_path = str(expand_checkpoints(section.ensemble)[0])  # its model and data settings, as ckpt_path's
         if ckpt_path == "last":
             ckpt_path = self.resolve_last(section, subcommand)
         defaults: dict[str, Any] = {f"{p}model": None for p in prefixes}
@@ -265,6 +284,9 @@ class MNISTLightningCLI(LightningCLI):
         kwargs = {"callbacks": callbacks, "plugins": plugins, **kwargs}
         if self.subcommand == "predict":
             kwargs.setdefault("logger", False)  # predictions go to a CSV file; a W&B run would stay empty
+        elif self.evaluates_ensemble():
+            # the figures of an ensemble are not those of the run that trained its first member: no W&B run
+            kwargs.setdefault("logger", False)
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:
@@ -315,24 +337,83 @@ class MNISTLightningCLI(LightningCLI):
 
     # ------------------------------------------------------------------------------------------- subcommands
     def before_fit(self) -> None:
+        self.refuse_ensemble("fit")
         self.check_outputs()
         if self.trainer.is_global_zero and self.run_dir is not None and os.environ.get("LOCAL_RANK", "0") == "0":
             self.run_lock = RunLock(self.run_dir)
+        self.check_resumed_epochs()  # after the lock: "another process is continuing it" comes first
         self.prepare_data_before_launch()
 
     def before_validate(self) -> None:
+        self.refuse_ensemble("validate")
         self.prepare_data_before_launch()
 
     def before_test(self) -> None:
+        self.build_ensemble()
         self.prepare_data_before_launch()
 
     def before_predict(self) -> None:
         require_single_process(self.trainer.world_size)
+        self.build_ensemble()
         writer = next((c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)), None)
         if writer is not None:
             writer.output_path = ensure_writable_file(
                 writer.resolve(self.trainer.default_root_dir), "the predictions file (--predictions.output)"
             )
+
+    def evaluates_ensemble(self) -> bool:
+        """Whether the command asks for test-time views (``--tta``) or more checkpoints (``--ensemble``)."""
+        section = self.config.get(self.subcommand) if self.subcommand else self.config
+        if not section:
+            return False
+        return bool(section.get("ensemble")) or section.get("tta") not in (None, 1)
+
+    def refuse_ensemble(self, subcommand: str) -> None:
+        if self.evaluates_ensemble():
+            # validation picks checkpoints; an ensemble's figures there would be compared with a single model's
+            raise ConfigError(
+                f"the options --ensemble and --tta are for test and predict, not for {subcommand}; "
+                f"run mnist-lightning test (or predict) with them"
+            )
+
+    def build_ensemble(self) -> None:
+        """With ``--tta`` or ``--ensemble``: evaluate an :class:`EnsembleClassifier` of the checkpoints instead."""
+        if not self.evaluates_ensemble():
+            return
+        section = self.config_init[self.subcommand]
+        views = check_views(section.get("tta"))
+        if not section.get("ckpt_path") or section.ckpt_path in ("best", "hpc"):
+            raise ConfigError(
+                "the options --tta and --ensemble evaluate checkpoints: give --ckpt_path FILE (or --ensemble FILES)"
+            )
+        paths = expand_checkpoints([section.ckpt_path, *(section.get("ensemble") or [])])
+        own_class = f"{type(self.model).__module__}.{type(self.model).__qualname__}"  # checked by parse_arguments
+        members = [load_classifier(path, trusted=[own_class]) for path in paths]
+        self.model = EnsembleClassifier(members, views, sources=[str(p) for p in paths])
+        section.ckpt_path = None  # every member is loaded already; Lightning has no single file to restore
+        print(
+            f"mnist-lightning: {self.subcommand} of {self.model.describe()}: {', '.join(map(str, paths))}",
+            file=sys.stderr,
+        )
+
+    def check_resumed_epochs(self) -> None:
+        """Refuse to continue a run with a ``max_epochs`` it has already passed.
+
+        Lightning raises this only after the model, data and logger are set up (a traceback, and a W&B run resumed
+        for nothing); the checkpoint already says how far the run got.
+        """
+        epoch = self.checkpoint.epoch if self.checkpoint is not None else None
+        max_epochs = self.trainer.max_epochs
+        if epoch is None or max_epochs is None or max_epochs < 0:
+            return
+        epochs_done = epoch + 1  # a checkpoint records the (0-based) epoch it was written in
+        if epochs_done <= max_epochs:
+            return
+        raise ConfigError(
+            f"checkpoint {self.checkpoint.path} has already trained {epochs_done} epochs, more than "
+            f"--trainer.max_epochs {max_epochs}: to train on, give --trainer.max_epochs above {epochs_done}; "
+            "to evaluate it, use validate or test"
+        )
 
     def check_outputs(self) -> None:
         """Before an hour of training: every folder this run will write to can be written."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,7 +235,17 @@ def test_a_run_being_continued_elsewhere_is_refused_and_a_killed_one_frees_it(is
         first.communicate()
     wandb_runs = list((isolated / "runs" / "wandb").glob(f"offline-run-*-{run_dir.name}"))
     assert len(wandb_runs) == 2  # the first run and its continuation, none for the refused one
-    run_cli("fit", *LINEAR, *TINY, "--trainer.max_epochs", "2", "--ckpt_path", "last")  # the lock did not stick
+    # the lock did not stick; 51 epochs is past wherever the killed fit got to (at most 50)
+    run_cli(
+        "fit", *LINEAR, *TINY, "--trainer.max_epochs", "51", "--trainer.limit_val_batches", "1", "--ckpt_path", "last"
+    )
+    # a run cannot be continued to fewer epochs than it has: one line, before W&B resumes it once more
+    line = one_error_line(
+        run_cli("fit", *LINEAR, *TINY, "--trainer.max_epochs", "2", "--ckpt_path", "last", check=False)
+    )
+    done = re.search(r"has already trained (\d+) epochs, more than --trainer.max_epochs 2", line)
+    assert done and 2 < int(done[1]) <= 51 and f"--trainer.max_epochs above {done[1]}" in line, line
+    assert len(list((isolated / "runs" / "wandb").glob(f"offline-run-*-{run_dir.name}"))) == 3
 
 
 # --- Ctrl+C ----------------------------------------------------------------------------------------------------------

@@ -132,7 +132,8 @@ def test_documented_parameter_counts_are_those_of_the_built_models() -> None:
 
 
 def test_documented_accuracies_are_the_measured_ones() -> None:
-    measured = json.loads((REPO / "benchmarks" / "results.json").read_text())
+    rows = json.loads((REPO / "benchmarks" / "results.json").read_text())
+    measured = {key: row for key, row in rows.items() if "ensemble" not in row}  # ensembles have a table of their own
     speedrun = json.loads((REPO / "benchmarks" / "speed.json").read_text())["speedrun"]
     readme = table_rows(README.read_text(), "Presets and their accuracy")
     summary = table_rows(CATALOGUE.read_text(), "Summary")

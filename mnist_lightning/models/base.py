@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 from typing import Any, Literal
 
 import lightning as L
@@ -75,6 +77,52 @@ class TrainingSums:
         self.loss, self.correct = (t.to(device) if t is not None else None for t in (state["loss"], state["correct"]))
 
 
+class WeightAverage(nn.Module):
+    """An exponential moving average of a network's weights and buffers, updated after every optimizer step.
+
+    ``decay`` is the weight the average keeps per step; early steps use ``min(decay, (1 + t) / (10 + t))`` so the
+    average is not dominated by the random initial weights (the same warm-up as TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``).
+    """
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.net = copy.deepcopy(net).requires_grad_(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    @torch.no_grad()
+    def update(self, live: nn.Module, step: int) -> None:
+        """Move the average towards ``live`` after optimizer step ``step`` (0-based)."""
+        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        averaged = self.net.state_dict(keep_vars=True)
+        for name, value in live.state_dict(keep_vars=True).items():
+            target = averaged[name]
+            if target.is_floating_point():
+                target.lerp_(value.detach().to(target.dtype), weight)
+            else:  # counters such as BatchNorm's num_batches_tracked
+                target.copy_(value)
+
+
+class LRSchedule:
+    """The learning-rate factor of step ``t`` for ``LambdaLR``: linear warm-up, then exponential decay per step.
+
+    A plain object (not a lambda), so ``LambdaLR.state_dict`` keeps its settings in the checkpoint.
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int, decay_per_step: float) -> None:
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.decay_per_step = decay_per_step
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        return self.decay_per_step ** (step - self.warmup_steps)
+
+
 class MNISTClassifier(L.LightningModule):
     """Cross-entropy training of ``self.net`` (set by subclasses) with per-stage torchmetrics.
 
@@ -87,7 +135,14 @@ class MNISTClassifier(L.LightningModule):
         lr: learning rate (the peak rate with ``onecycle``).
         momentum: SGD momentum.
         weight_decay: L2 penalty (decoupled for AdamW).
-        scheduler: ``none``, ``cosine`` (per step, to zero) or ``onecycle`` (per step).
+        scheduler: ``none``, ``cosine`` (per step, to zero), ``onecycle`` (per step) or ``exponential`` (the rate
+            is multiplied by ``lr_decay`` every epoch, smoothly per step, after ``warmup_epochs``).
+        lr_decay: per-epoch factor of the ``exponential`` schedule (0 < lr_decay <= 1).
+        warmup_epochs: linear warm-up of the ``exponential`` schedule from ``lr / steps`` to ``lr`` (may be a
+            fraction of an epoch).
+        ema_decay: keep an exponential moving average of the weights (``0.999`` averages over about the last
+            1,000 steps) and use it for validation, test, predict, serve and export: the checkpoint (chosen on
+            ``val/acc`` of the averaged weights) holds both. ``null`` (the default) keeps no average.
         label_smoothing: label smoothing of the training loss.
         compile: ``torch.compile`` the network when a Trainer sets the model up (state_dict keys stay the same).
         channels_last: channels-last memory format for the network's weights and the image batches (CNNs).
@@ -102,7 +157,10 @@ class MNISTClassifier(L.LightningModule):
         lr: float = 1e-3,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
-        scheduler: Literal["none", "cosine", "onecycle"] = "none",
+        scheduler: Literal["none", "cosine", "onecycle", "exponential"] = "none",
+        lr_decay: float = 0.95,
+        warmup_epochs: float = 0.0,
+        ema_decay: float | None = None,
         label_smoothing: float = 0.0,
         compile: bool = False,
         channels_last: bool = False,
@@ -112,6 +170,12 @@ class MNISTClassifier(L.LightningModule):
             raise ConfigError(f"lr must be positive, got {lr}; try 0.001")
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if not 0 < lr_decay <= 1:
+            raise ConfigError(f"model.lr_decay must be in (0, 1], got {lr_decay}; try 0.95")
+        if not warmup_epochs >= 0:
+            raise ConfigError(f"model.warmup_epochs must be 0 or more, got {warmup_epochs}; try 1")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ConfigError(f"model.ema_decay must be between 0 and 1 (or null for none), got {ema_decay}; try 0.999")
         self.save_hyperparameters()
         self.train_loss, self.val_loss, self.test_loss = SampleMean(), SampleMean(), SampleMean()
         self.train_acc = SampleMean()
@@ -125,15 +189,29 @@ class MNISTClassifier(L.LightningModule):
         self.temperature = 1.0  # calibration of the probabilities, not a hyperparameter of training
 
     def forward(self, images: Tensor) -> Tensor:
-        """Logits ``(B, 10)`` for normalized images ``(B, 1, 28, 28)``."""
+        """Logits ``(B, 10)`` for normalized images ``(B, 1, 28, 28)``; in eval mode from the averaged weights
+        when ``ema_decay`` is set."""
         if self.hparams.get("channels_last"):
             images = images.contiguous(memory_format=torch.channels_last)
+        if not self.training and self.weight_average is not None:
+            return self.weight_average(images)
         return self.net(images)
+
+    @property
+    def weight_average(self) -> WeightAverage | None:
+        """The moving average of the weights (``ema_decay``), or None."""
+        return self._modules.get("ema")  # type: ignore[return-value]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.weight_average is not None:
+            self.weight_average.update(self.net, self.trainer.global_step - 1)
 
     def configure_model(self) -> None:
         """Speed settings applied when a Trainer sets the model up (after any checkpoint hparams are known)."""
         if self.hparams.get("channels_last"):
             self.net.to(memory_format=torch.channels_last)
+            if self.weight_average is not None:
+                self.weight_average.to(memory_format=torch.channels_last)
         # nn.Module.compile compiles in place: the parameters keep their names, so checkpoints load anywhere
         if self.hparams.get("compile") and getattr(self.net, "_compiled_call_impl", None) is None:
             self.net.compile()
@@ -143,8 +221,12 @@ class MNISTClassifier(L.LightningModule):
         # nn.Module.__setattr__ (which looks for parameters, buffers and submodules first) takes ~10x longer
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
+            return
+        super().__setattr__(name, value)
+        # every subclass builds ``self.net`` in its constructor: the weight average starts as a copy of it, so
+        # the averaged weights are part of the state_dict (checkpoints) of every classifier alike
+        if name == "net" and self.hparams.get("ema_decay"):
+            self.ema = WeightAverage(value, self.hparams.ema_decay)
 
     @property
     def num_parameters(self) -> int:
@@ -192,7 +274,12 @@ class MNISTClassifier(L.LightningModule):
         self._restored_sums = checkpoint.get("train_sums")
         self._restored_best = checkpoint.get("val_acc_best")
         schedulers = checkpoint.get("lr_schedulers") or [{}]
-        self._planned_steps = schedulers[0].get("total_steps") or schedulers[0].get("T_max")
+        shape = (schedulers[0].get("lr_lambdas") or [None])[0]  # LRSchedule's settings (exponential)
+        self._planned_steps = (
+            schedulers[0].get("total_steps")
+            or schedulers[0].get("T_max")
+            or (shape.get("total_steps") if isinstance(shape, dict) else None)
+        )
 
     def check_schedule_fits(self) -> None:
         """Refuse, before the first step, a resumed run whose schedule was planned for a different length.
@@ -256,7 +343,9 @@ class MNISTClassifier(L.LightningModule):
         kwargs: dict[str, Any] = {"lr": hp.lr, "weight_decay": hp.weight_decay}
         if hp.optimizer == "sgd":
             kwargs["momentum"] = hp.momentum
-        return OPTIMIZERS[hp.optimizer](self.parameters(), **kwargs)
+        # not the weight average (ema_decay): it follows the trained weights, it is not trained
+        trained = [p for p in self.parameters() if p.requires_grad]
+        return OPTIMIZERS[hp.optimizer](trained, **kwargs)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -266,6 +355,12 @@ class MNISTClassifier(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         if hp.scheduler == "onecycle":
             scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total)
+        elif hp.scheduler == "exponential":
+            max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+            per_epoch = max(1, math.ceil(total / max_epochs))
+            warmup = round(hp.get("warmup_epochs", 0.0) * per_epoch)
+            decay = hp.get("lr_decay", 0.95) ** (1 / per_epoch)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(total, warmup, decay))
         else:
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         # the name is the key LearningRateMonitor logs the rate under (the CLI adds it when a schedule is on)
