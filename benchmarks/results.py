@@ -254,6 +254,18 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
             f"{r['test_loss']:.4f} | {r['best_val_acc']:.2f}% | {r['seconds_per_epoch']:.1f} | {r['source']} | "
             f"{r['hardware']}{'; ' + r['load'] if r.get('load') else ''} | {r['date']} |"
         )
+    seeded = [p for p in order if len(rows[p].get("runs", ())) > 1]
+    if seeded:
+        lines += [
+            "",
+            "Rows over seeds are regenerated (each seed can run in its own process at the same time) with:",
+            "",
+        ]
+        lines += [
+            f"- `{p}`: `python benchmarks/results.py --presets {p} --seeds {' '.join(rows[p]['runs'])} "
+            "--keep frontier-checkpoints --threads 1`"
+            for p in seeded
+        ]
     missing = [p for p in ALL_PRESETS if p not in rows]
     if missing:
         lines += ["", f"Not measured yet: {', '.join(f'`{p}`' for p in missing)}."]

@@ -92,6 +92,16 @@ def test_ema_decay_out_of_range_is_one_line() -> None:
         MLPClassifier(ema_decay=1.0)
 
 
+def test_a_weight_average_in_half_precision_is_refused_before_training(mnist_dir: Path, tmp_path: Path) -> None:
+    data = MNISTDataModule(data_dir=str(mnist_dir))
+    model = MLPClassifier(hidden_sizes=[], ema_decay=0.999)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, precision="bf16-true",
+                            default_root_dir=tmp_path)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"use --trainer\.precision bf16-mixed"):
+        trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 0
+
+
 # --- exponential schedule --------------------------------------------------------------------------------------------
 def test_the_exponential_schedule_multiplies_the_rate_by_lr_decay_every_epoch(mnist_dir: Path, tmp_path: Path) -> None:
     data = MNISTDataModule(data_dir=str(mnist_dir), batch_size=64)
@@ -283,6 +293,7 @@ def test_seed_rows_merge_into_mean_and_spread(tmp_path: Path) -> None:
     assert row["test_acc"] == pytest.approx(99.72) and row["test_acc_std"] == pytest.approx(0.02)
     assert sorted(row["runs"]) == ["1", "2", "3"]
     assert "| 99.72 ± 0.02% (3 seeds: 1, 2, 3) |" in md.read_text()
+    assert "`python benchmarks/results.py --presets cnn_frontier --seeds 1 2 3 --keep" in md.read_text()
     results.save_row(out, md, "ensemble: cnn_frontier ×3; 5 views", {
         "ensemble": ["a", "b", "c"], "views": 5, "parameters": 837_150, "test_acc": 99.81, "test_loss": 0.02,
         "test_seconds": 30.0, "hardware": "CPU test", "date": "2026-12-02", "command": "python x"})  # fmt: skip

@@ -240,6 +240,7 @@ class MNISTClassifier(L.LightningModule):
             self.val_acc_best.update(torch.tensor(self._restored_best, device=self.device))
             self._restored_best = None
         self.check_schedule_fits()
+        self.check_average_precision()
         if self._restored_sums is not None:
             # Lightning resumes an epoch without calling on_train_epoch_start: the sums go on from the checkpoint's
             self.train_sums.load_state_dict(self._restored_sums, self.device)
@@ -280,6 +281,19 @@ class MNISTClassifier(L.LightningModule):
             or schedulers[0].get("T_max")
             or (shape.get("total_steps") if isinstance(shape, dict) else None)
         )
+
+    def check_average_precision(self) -> None:
+        """Refuse a weight average kept in half precision (``bf16-true``, ``16-true``): its steps of ``1 - decay``
+        are below half precision's resolution, so the average would hardly move from the initial weights."""
+        average = self.weight_average
+        if average is None:
+            return
+        dtype = next(average.parameters()).dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            raise ConfigError(
+                f"model.ema_decay needs float32 weights, but --trainer.precision keeps them in {dtype}: the average's "
+                "small steps would round away; use --trainer.precision bf16-mixed (or 16-mixed), or drop ema_decay"
+            )
 
     def check_schedule_fits(self) -> None:
         """Refuse, before the first step, a resumed run whose schedule was planned for a different length.
