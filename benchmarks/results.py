@@ -248,7 +248,8 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
         epochs = f"{r['epochs']} / {r['recipe_epochs']}" + ("" if r["epochs"] >= r["recipe_epochs"] else " (capped)")
         acc = f"{r['test_acc']:.2f}%"
         if len(r.get("runs", ())) > 1:
-            acc = f"{r['test_acc']:.2f} ± {r['test_acc_std']:.2f}% ({len(r['runs'])} seeds: {', '.join(r['runs'])})"
+            seeds = ", ".join(sorted(r["runs"], key=int))
+            acc = f"{r['test_acc']:.2f} ± {r['test_acc_std']:.2f}% ({len(r['runs'])} seeds: {seeds})"
         lines.append(
             f"| `{preset}` | {r['model']} | {r['parameters']:,} | {epochs} | {acc} | "
             f"{r['test_loss']:.4f} | {r['best_val_acc']:.2f}% | {r['seconds_per_epoch']:.1f} | {r['source']} | "
@@ -262,8 +263,8 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
             "",
         ]
         lines += [
-            f"- `{p}`: `python benchmarks/results.py --presets {p} --seeds {' '.join(rows[p]['runs'])} "
-            "--keep frontier-checkpoints --threads 1`"
+            f"- `{p}`: `python benchmarks/results.py --presets {p} --seeds {' '.join(sorted(rows[p]['runs'], key=int))}"
+            " --keep frontier-checkpoints --threads 1`"
             for p in seeded
         ]
     missing = [p for p in ALL_PRESETS if p not in rows]
