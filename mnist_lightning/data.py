@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mnist_lightning.errors import ConfigError, MNISTLightningError
+from mnist_lightning.shifts import gaussian_blur
 
 MEAN = 0.1307
 STD = 0.3081
@@ -450,15 +451,8 @@ def elastic_displacement(
     """
     batch, _, height, width = images.shape
     opts = {"device": images.device, "dtype": images.dtype}
-    noise = torch.rand(batch * 2, 1, height, width, **opts, generator=generator) * 2 - 1
-    radius = min(math.ceil(3 * sigma), max(height, width) - 1)
-    offsets = torch.arange(-radius, radius + 1, **opts)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    # a separable blur: rows, then columns
-    field = F.conv2d(noise, kernel.view(1, 1, 1, -1), padding=(0, radius))
-    field = F.conv2d(field, kernel.view(1, 1, -1, 1), padding=(radius, 0))
-    field = field.view(batch, 2, height, width) * alpha
+    noise = torch.rand(batch, 2, height, width, **opts, generator=generator) * 2 - 1
+    field = gaussian_blur(noise, sigma) * alpha
     pixels_to_grid = torch.tensor([2 / width, 2 / height], **opts)  # grid_sample's x, y run over [-1, 1]
     return field.permute(0, 2, 3, 1) * pixels_to_grid
 

@@ -79,8 +79,9 @@ def _blur_matrix(size: int, sigma: float, device: torch.device, dtype: torch.dty
     return weights / full_sum  # normalised as the full kernel is, so a border pixel loses what falls outside
 
 
-def _separable_blur(images: Tensor, sigma: float) -> Tensor:
-    """Gaussian blur of the last two dimensions (rows, then columns)."""
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of the last two dimensions (rows, then columns); also smooths the training augmentation's
+    elastic field (:func:`mnist_lightning.data.elastic_displacement`)."""
     rows = _blur_matrix(images.shape[-1], sigma, images.device, images.dtype)
     columns = _blur_matrix(images.shape[-2], sigma, images.device, images.dtype)
     return columns.T @ (images @ rows)
@@ -88,7 +89,7 @@ def _separable_blur(images: Tensor, sigma: float) -> Tensor:
 
 def blur(images: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
     """Gaussian blur with standard deviation ``sigma`` pixels."""
-    return images if sigma == 0 else _separable_blur(images, sigma)
+    return images if sigma == 0 else gaussian_blur(images, sigma)
 
 
 def elastic(images: Tensor, alpha: float, generator: torch.Generator, grid: int = 5) -> Tensor:

@@ -200,7 +200,7 @@ class MNISTClassifier(L.LightningModule):
     @property
     def weight_average(self) -> WeightAverage | None:
         """The moving average of the weights (``ema_decay``), or None."""
-        return self._modules.get("ema")  # type: ignore[return-value]
+        return getattr(self, "ema", None)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.weight_average is not None:
