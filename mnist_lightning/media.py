@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mnist_lightning.errors import ConfigError
-from mnist_lightning.outputs import replace_atomically
+from mnist_lightning.figures import save_png
 from mnist_lightning.runs import run_directory
 
 NUM_CLASSES = 10
@@ -174,11 +174,6 @@ def learning_curves_figure(curves: dict[str, list[tuple[int, float]]]) -> Figure
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
     return fig
-
-
-def save_png(fig: Figure, path: Path) -> Path:
-    """Write the figure as PNG through a temporary file, so a PNG is either complete or absent."""
-    return replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80), suffix=".png")
 
 
 class MediaLogger(Callback):
