@@ -33,7 +33,7 @@ from mnist_lightning.checkpoints import (
 )
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.ensemble import MAX_VIEWS, EnsembleClassifier, check_views, expand_checkpoints
-from mnist_lightning.errors import CheckpointError, ConfigError, MNISTLightningError
+from mnist_lightning.errors import CheckpointError, ConfigError, MNISTLightningError, one_line
 from mnist_lightning.media import MediaLogger
 from mnist_lightning.models import MNISTClassifier
 from mnist_lightning.outputs import ensure_writable_file, ensure_writable_folder
@@ -519,12 +519,6 @@ def continue_wandb_run(section: Namespace, run_id: str, resume: bool) -> None:
         logger["init_args.id"] = run_id
         if resume:
             logger["init_args.resume"] = "allow"
-
-
-def one_line(message: str) -> str:
-    """The first sentence-bearing line of a (possibly many-line) library message."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return " ".join(lines[:2])[:400] if lines else message
 
 
 def resolve_preset_args(args: list[str]) -> list[str]:

@@ -22,3 +22,9 @@ class CheckpointError(MNISTLightningError, ValueError):
 
 class OutputPathError(MNISTLightningError, OSError):
     """An output file or folder that cannot be written (read-only, a file in the way, a full disk, ...)."""
+
+
+def one_line(message: BaseException | str, limit: int = 400) -> str:
+    """A library's (possibly many-line) message as one line: its first two non-empty lines, white space folded."""
+    lines = [line for line in str(message).strip().splitlines() if line.strip()]
+    return " ".join(" ".join(lines[:2]).split())[:limit] if lines else str(message)

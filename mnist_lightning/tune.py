@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lightning.argtypes import positive_int, positive_number
 from mnist_lightning.cli import DEBUG_ENV, MNISTLightningCLI, config_dir, preset_names, summarize_parse_error
-from mnist_lightning.errors import ConfigError, MNISTLightningError
+from mnist_lightning.errors import ConfigError, MNISTLightningError, one_line
 from mnist_lightning.outputs import ensure_writable_folder, replace_atomically, write_atomically
 from mnist_lightning.reliability import NonFiniteLossError, RunLock
 
@@ -259,11 +259,6 @@ def parse_param(key: str, spec: Any, where: str) -> Param:
     if kind == "int":
         low, high, step = int(low), int(high), int(step) if step is not None else None
     return Param(key, kind, low=low, high=high, log=log, step=step)
-
-
-def one_line(err: BaseException | str) -> str:
-    text = " ".join(str(err).split())
-    return text[:300]
 
 
 # --------------------------------------------------------------------------------------------------- trials
