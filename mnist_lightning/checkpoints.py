@@ -72,6 +72,17 @@ def find_last(*roots: str | Path) -> Path | None:
     return max(found, key=lambda path: path.stat().st_mtime, default=None)
 
 
+def resolve_last(roots: Iterable[str | Path], fix: str) -> Path:
+    """``--ckpt_path last`` for every command: the newest last checkpoint under ``roots`` (see :func:`find_last`), or
+    a one-line :class:`CheckpointError` that names where it looked and ends with ``fix``."""
+    roots = list(roots)
+    found = find_last(*roots)
+    if found is None:
+        where = " or ".join(dict.fromkeys(str(Path(root)) for root in roots))
+        raise CheckpointError(f"--ckpt_path last: no last.ckpt under {where}; {fix}")
+    return found
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's tensors and plain data (``weights_only``), or a one-line :class:`CheckpointError`."""
     path = Path(path)

@@ -30,10 +30,11 @@ from mnist_lightning.checkpoints import (
     known_class_paths,
     load_classifier,
     read_checkpoint,
+    resolve_last,
 )
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.ensemble import MAX_VIEWS, EnsembleClassifier, check_views, expand_checkpoints
-from mnist_lightning.errors import CheckpointError, ConfigError, MNISTLightningError, one_line
+from mnist_lightning.errors import ConfigError, MNISTLightningError, one_line
 from mnist_lightning.media import MediaLogger
 from mnist_lightning.models import MNISTClassifier
 from mnist_lightning.outputs import ensure_writable_file, ensure_writable_folder
@@ -239,18 +240,14 @@ class MNISTLightningCLI(LightningCLI):
     def resolve_last(self, section: Namespace, subcommand: str | None) -> str | None:
         """``--ckpt_path last``: the newest ``last.ckpt`` under the folders this run would write to."""
         roots = search_roots(section)
+        if subcommand != "fit":
+            return str(resolve_last(roots, "pass a .ckpt path, or the run's root with --trainer.default_root_dir"))
         found = find_last(*roots)
-        where = " or ".join(str(root) for root in dict.fromkeys(roots))
-        if found is None and subcommand == "fit":
+        if found is None:
+            where = " or ".join(str(root) for root in dict.fromkeys(roots))
             print(f"No last.ckpt under {where}: starting a new run", file=sys.stderr)
             return None
-        if found is None:
-            raise CheckpointError(
-                f"--ckpt_path last: no last.ckpt under {where}; pass a .ckpt path, or the run's root with "
-                "--trainer.default_root_dir"
-            )
-        if subcommand == "fit":
-            print(f"Resuming from {found}", file=sys.stderr)
+        print(f"Resuming from {found}", file=sys.stderr)
         return str(found)
 
     def _parse_ckpt_path(self) -> None:

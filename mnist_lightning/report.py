@@ -28,9 +28,9 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from mnist_lightning.checkpoints import CheckpointInfo, find_last, inspect_checkpoint, load_classifier
+from mnist_lightning.checkpoints import CheckpointInfo, inspect_checkpoint, load_classifier, resolve_last
 from mnist_lightning.data import MNISTDataModule, normalize, normalize_uint8
-from mnist_lightning.errors import CheckpointError, ConfigError
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.figures import save_png
 from mnist_lightning.media import confusion_matrix, confusion_matrix_figure, digit_grid
 from mnist_lightning.models.base import MNISTClassifier
@@ -88,16 +88,9 @@ def pick_device(device: str) -> torch.device:
 
 def resolve_checkpoints(paths: Iterable[str | Path], runs_root: str | Path = "runs") -> list[Path]:
     """The checkpoint files, ``last`` meaning the newest ``last.ckpt`` under ``runs_root``."""
-    resolved = []
-    for path in paths:
-        if str(path) == "last":
-            found = find_last(runs_root)
-            if found is None:
-                raise CheckpointError(f"--ckpt_path last: no last.ckpt under {runs_root}; pass a checkpoint file")
-            resolved.append(found)
-        else:
-            resolved.append(Path(path))
-    return resolved
+    return [
+        resolve_last([runs_root], "pass a checkpoint file") if str(path) == "last" else Path(path) for path in paths
+    ]
 
 
 def default_output(checkpoints: Sequence[Path], runs_root: str | Path = "runs") -> Path:
