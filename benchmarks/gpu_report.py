@@ -58,6 +58,7 @@ def environment() -> dict[str, Any]:
 
 
 def fmt_mean_std(mean: float, std: float, digits: int, percent: bool = False) -> str:
+    """``mean ± std`` with ``digits`` decimals (as percentages of fractions with ``percent``)."""
     if percent:
         return f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}%"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -28,6 +28,7 @@ TINY_MODEL = {
 }
 # 2, not 1: the CLI reads a bare 1 as the float 1.0, which Lightning takes for "all batches"
 TINY_LIMITS = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2"]
+
 # what a speedrun leaves out of `fit`: logging, the progress bar, the model summary and the figures (which the
 # validation of each epoch would draw inside the timed window, taking longer than the training itself)
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -56,6 +57,7 @@ def fit_once(preset: str, seed: int, extra: list[str], workdir: Path, test: bool
 
 
 def run_speedrun(part: Part, preset: str, target: float, goal_s: float, opts: argparse.Namespace) -> dict[str, Any]:
+    """A warm-up, then ``preset``'s seeds while they fit ``part``: every run, and their :func:`summarize`."""
     extra = shlex.split(getattr(opts, f"{preset}_args") or "")
     if opts.compile_speedruns:
         extra.append("--model.init_args.compile=true")
@@ -83,6 +85,7 @@ def run_speedrun(part: Part, preset: str, target: float, goal_s: float, opts: ar
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 

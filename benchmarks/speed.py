@@ -50,6 +50,8 @@ MODELS: list[tuple[str, str]] = [("mlp_128_64", "mlp_128_64.yaml"), ("convnet", 
 
 @dataclass
 class ModelResult:
+    """One model's figures: fit, the plain loop and bare Lightning per training epoch, and evaluation rates."""
+
     name: str
     source: str
     params: int = 0
@@ -76,6 +78,8 @@ class ModelResult:
 
 @dataclass
 class SpeedrunResult:
+    """The speedrun preset's training seconds and test accuracy, one entry per seed."""
+
     seeds: list[int] = field(default_factory=list)
     train_s: list[float] = field(default_factory=list)
     fit_call_s: list[float] = field(default_factory=list)
@@ -115,6 +119,8 @@ def steady_epoch(seconds: list[float]) -> float:
 
 
 def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult:
+    """``fit`` of ``configs/<preset>``, bare Lightning and the plain loop from the same initial weights, epochs
+    interleaved; then evaluation (``--precision`` and ``--compile`` apply to all three)."""
     path = config_dir() / preset
     if not path.is_file():
         note = f"no configs/{preset}"
@@ -269,6 +275,7 @@ def bench_torchvision_loader(opts: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Every model asked for, the speedrun and the torchvision loader; ``speed.md`` and ``speed.json``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a few batches of everything (CI)")
     parser.add_argument(

@@ -65,6 +65,7 @@ def bare_training(
 
 
 def plain_normalize(images: Tensor) -> Tensor:
+    """uint8 images ``(N, 28, 28)`` as the normalized float batch ``(N, 1, 28, 28)`` the networks take."""
     return (images.unsqueeze(1).float() / 255 - MEAN) / STD
 
 

@@ -19,6 +19,7 @@ from mnist_lightning.data import EVAL_BATCH_SIZE
 
 
 def environment() -> dict[str, Any]:
+    """The date, the device (GPU name, or CPU model and cores), torch and lightning versions, threads, Python."""
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
@@ -73,6 +74,7 @@ def evaluation_table(report: dict[str, Any]) -> list[str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    """The whole ``speed.md`` page."""
     env = report["environment"]
     lines = [
         "# mnist-lightning speed",
