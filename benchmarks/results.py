@@ -44,29 +44,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # presets.py beside this file, also when loaded from the tests
+
+from presets import ALL_PRESETS, CATALOGUE_PRESETS, STRONG_PRESETS  # noqa: E402
 
 from mnist_lightning.cli import MNISTLightningCLI  # noqa: E402
 from mnist_lightning.outputs import replace_atomically, write_atomically  # noqa: E402
 
 CONFIGS = REPO / "configs"
-CATALOGUE_PRESETS = [
-    "linear",
-    "mlp_20",
-    "mlp_40_20",
-    "mlp_128_62",
-    "mlp_128_64",
-    "mlp_100_100_linear",
-    "lenet_bn1",
-    "lenet5",
-    "small_cnn",
-    "convnet_pool2",
-    "convnet",
-    "vit",
-    "vit_encoder",
-]
-STRONG_PRESETS = ["mlp_strong", "cnn_strong", "vit_strong"]
-FRONTIER_PRESETS = ["cnn_frontier", "mlp_frontier", "vit_frontier"]
-ALL_PRESETS = CATALOGUE_PRESETS + STRONG_PRESETS + FRONTIER_PRESETS
 # what the notebook a preset came from reported (docs/presets.md), and the targets of the stronger presets
 SOURCE_FIGURES = {
     "mlp_128_64": "97.76%",

@@ -7,7 +7,9 @@ same network trained by a bare Lightning Trainer (what Lightning itself costs), 
 (``trainer.test`` next to a plain no-grad loop) at the training batch, the old evaluation default, and at the
 data module's evaluation batch (``eval_batch_size="auto"``); then the speedrun preset's training time and test
 accuracy over several seeds, and a torchvision DataLoader with per-image ToTensor + Normalize for comparison.
-Writes ``speed.md`` and ``speed.json``.
+Writes ``speed.md`` and ``speed.json`` into ``benchmarks/`` (``--out`` for another folder); a tiny run writes into a
+new temporary folder unless ``--out`` names one. The reference loops are in speed_reference.py, the tables in
+speed_report.py.
 
     python benchmarks/speed.py            # the full benchmark (README table)
     python benchmarks/speed.py --tiny     # a few batches of everything: checks that the script still works
@@ -16,12 +18,9 @@ Writes ``speed.md`` and ``speed.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import datetime as dt
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -33,11 +32,12 @@ from unittest import mock
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from speed_reference import PlainEpochAfterEach, PlainLoop, autocast, bare_training, plain_inference
+from speed_report import environment, markdown
+from torch import nn
 
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
-from mnist_lightning.data import EVAL_BATCH_SIZE, MEAN, STD, MNISTDataModule
+from mnist_lightning.data import MEAN, STD, MNISTDataModule
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.timing import TrainTimer, synchronize
 
@@ -50,6 +50,8 @@ MODELS: list[tuple[str, str]] = [("mlp_128_64", "mlp_128_64.yaml"), ("convnet", 
 
 @dataclass
 class ModelResult:
+    """One model's figures: fit, the plain loop and bare Lightning per training epoch, and evaluation rates."""
+
     name: str
     source: str
     params: int = 0
@@ -76,6 +78,8 @@ class ModelResult:
 
 @dataclass
 class SpeedrunResult:
+    """The speedrun preset's training seconds and test accuracy, one entry per seed."""
+
     seeds: list[int] = field(default_factory=list)
     train_s: list[float] = field(default_factory=list)
     fit_call_s: list[float] = field(default_factory=list)
@@ -109,131 +113,14 @@ class EvalTimer(L.Callback):
         self.rates.append(self.images / (time.perf_counter() - self.start))
 
 
-class BareClassifier(L.LightningModule):
-    """The least a LightningModule can be: cross-entropy of ``net`` and one optimizer, no metrics, no hooks.
-
-    Trained by a Trainer with no callbacks, logger, checkpointing or progress bar, it measures what Lightning's
-    own loop costs per step (the floor for anything trained by a Trainer), apart from this project's additions.
-    """
-
-    def __init__(self, source: MNISTClassifier) -> None:
-        super().__init__()
-        self.net = source.net
-        self.build_optimizer = source.build_optimizer  # the same optimizer and settings, over the same parameters
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, labels = batch
-        return F.cross_entropy(self.net(images), labels)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.build_optimizer()
-
-
-def bare_training(
-    source: MNISTClassifier, dm: MNISTDataModule, trainer: L.Trainer, *callbacks: L.Callback
-) -> list[float]:
-    """Seconds per epoch of ``BareClassifier(source)`` trained on ``dm`` by a bare Trainer with the device,
-    precision, epochs and batch limit of ``trainer``."""
-    timer = TrainTimer()
-    bare_trainer = L.Trainer(
-        accelerator=trainer.accelerator,
-        devices=1,
-        precision=trainer.precision,
-        max_epochs=trainer.max_epochs,
-        limit_train_batches=trainer.limit_train_batches,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer, *callbacks],
-    )
-    bare_trainer.fit(BareClassifier(source), datamodule=dm)
-    return timer.epoch_seconds
-
-
-def plain_normalize(images: Tensor) -> Tensor:
-    return (images.unsqueeze(1).float() / 255 - MEAN) / STD
-
-
-class PlainLoop:
-    """The floor: shuffle, slice, normalize, forward, cross-entropy, backward, step, over tensors on the device."""
-
-    def __init__(
-        self,
-        net: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        images: Tensor,
-        labels: Tensor,
-        batch_size: int,
-        precision: str = "32-true",
-    ) -> None:
-        self.net, self.optimizer = net, optimizer
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.precision = precision  # the Trainer's: the plain loop follows bf16-mixed with the same autocast
-        self.epochs_done = 0  # seeds each epoch's shuffle
-
-    @torch.enable_grad()
-    def train_epoch(self) -> float:
-        """Train one epoch; its seconds."""
-        images, labels, device = self.images, self.labels, self.images.device
-        self.net.train()
-        synchronize(device)
-        start = time.perf_counter()
-        generator = torch.Generator().manual_seed(self.epochs_done)
-        order = torch.randperm(len(labels), generator=generator).to(device)
-        for first in range(0, len(labels), self.batch_size):
-            index = order[first : first + self.batch_size]
-            with autocast(device, self.precision):
-                loss = F.cross_entropy(self.net(plain_normalize(images[index])), labels[index])
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-        synchronize(device)
-        self.epochs_done += 1
-        return time.perf_counter() - start
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast Lightning's ``bf16-mixed`` runs the forward pass in; nothing for other precisions."""
-    if precision == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-class PlainEpochAfterEach(L.Callback):
-    """Runs one epoch of ``plain`` after every training epoch of the Trainer it is attached to.
-
-    Trainer epochs and plain epochs then alternate, so a machine that speeds up or slows down meanwhile (a shared
-    CPU does) affects both alike.
-    """
-
-    def __init__(self, plain: PlainLoop) -> None:
-        self.plain = plain
-        self.epoch_seconds: list[float] = []  # of the plain epochs run by this callback
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epoch_seconds.append(self.plain.train_epoch())
-
-
-@torch.no_grad()
-def plain_inference(net: nn.Module, images: Tensor, batch_size: int) -> float:
-    """Images per second of a no-grad evaluation pass."""
-    net.eval()
-    synchronize(images.device)
-    start = time.perf_counter()
-    for first in range(0, len(images), batch_size):
-        net(plain_normalize(images[first : first + batch_size])).argmax(dim=1)
-    synchronize(images.device)
-    return len(images) / (time.perf_counter() - start)
-
-
 def steady_epoch(seconds: list[float]) -> float:
     """The fastest epoch after the first (which pays for warm-up): on a shared machine the least disturbed one."""
     return min(seconds[1:] or seconds)
 
 
 def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult:
+    """``fit`` of ``configs/<preset>``, bare Lightning and the plain loop from the same initial weights, epochs
+    interleaved; then evaluation (``--precision`` and ``--compile`` apply to all three)."""
     path = config_dir() / preset
     if not path.is_file():
         note = f"no configs/{preset}"
@@ -387,134 +274,8 @@ def bench_torchvision_loader(opts: argparse.Namespace) -> dict[str, float]:
     return {"images": images, "seconds": seconds, "images_per_s": images / seconds}
 
 
-def environment() -> dict[str, Any]:
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
-    else:
-        model_names = (
-            [
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ]
-            if Path("/proc/cpuinfo").is_file()
-            else []
-        )
-        device = f"CPU: {model_names[0] if model_names else platform.processor()}, {os.cpu_count()} cores"
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device,
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-
-
-def evaluation_table(report: dict[str, Any]) -> list[str]:
-    """The evaluation rows: ``trainer.test`` and the plain loop at the training batch and at the evaluation batch."""
-    lines = [
-        "",
-        "**Evaluation** (the 10,000 test images; `test`: `trainer.test` of the same Trainer after `fit`, timing the"
-        " test loop; `plain`: a no-grad loop slicing, normalizing and running the network over the same tensors)."
-        " Before, validation, test and predict used the training batch; `eval_batch_size` now defaults to"
-        f' `"auto"` = max(batch_size, {EVAL_BATCH_SIZE}).'
-        + (
-            f" Fastest of {report['eval_repeats']} passes each, the two batch sizes alternating."
-            if report.get("eval_repeats", 1) > 1
-            else " One pass each, the two batch sizes one after the other."
-        ),
-        "",
-        "| model | training batch | test images/s | plain images/s | test / plain | eval batch | test images/s "
-        "| plain images/s | test / plain | test speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["models"]:
-        if r["skipped"]:
-            continue
-        old, new = r["fit_inference_train_batch_images_per_s"], r["fit_inference_images_per_s"]
-        old_plain, new_plain = r["plain_inference_train_batch_images_per_s"], r["plain_inference_images_per_s"]
-        lines.append(
-            f"| {r['name']} | {r['batch_size']} | {old:,.0f} | {old_plain:,.0f} | {old / old_plain:.2f} "
-            f"| {r['eval_batch_size']} | {new:,.0f} | {new_plain:,.0f} | {new / new_plain:.2f} | {new / old:.1f}× |"
-        )
-    return lines
-
-
-def markdown(report: dict[str, Any]) -> str:
-    env = report["environment"]
-    lines = [
-        "# mnist-lightning speed",
-        "",
-        f"{env['date']}; {env['device']}; torch {env['torch']}, lightning {env['lightning']}, "
-        f"{env['torch_threads']} torch threads. Load average (1 min) {report['load_before']:.2f} before, "
-        f"{report['load_after']:.2f} after." + (f" {report['note']}" if report.get("note") else ""),
-        "",
-        f"Command: `{report['command']}`"
-        + (" (tiny mode: a few batches, not a measurement)" if report["tiny"] else ""),
-        "",
-        "`fit`: the Trainer the CLI builds from the preset (progress bar and checkpointing as configured, logger off),"
-        " timing the training batches of each epoch (validation excluded). `plain`: a hand-written loop over the"
-        " same tensors with the same model, initial weights, batch size and optimizer. `bare Lightning`: the same"
-        " network, optimizer and data module trained by a Trainer with no callbacks, logger, checkpointing or"
-        " progress bar, and a LightningModule with only a cross-entropy `training_step` (no metrics): what"
-        " Lightning's own loop costs. One plain epoch runs after each epoch of `fit` and of `bare Lightning`, so"
-        " they alternate and see the same machine; each is compared with the plain epochs beside it. Each reports its"
-        " fastest epoch after the first (the first pays for warm-up); `speed.json` has every epoch."
-        + (
-            f" Training was limited to {report['train_batches']} batches per epoch: s/epoch is for those batches."
-            if report["train_batches"]
-            else ""
-        ),
-        "",
-        "| model | params | batch | optimizer | train images | fit s/epoch | plain s/epoch | fit / plain "
-        "| bare Lightning s/epoch | bare / plain | fit images/s | plain images/s |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["models"]:
-        if r["skipped"]:
-            lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 10)
-            continue
-        lines.append(
-            f"| {r['name']} | {r['params']:,} | {r['batch_size']} | {r['optimizer']} | {r['train_images']:,} "
-            f"| {r['fit_epoch_s']:.2f} | {r['plain_epoch_s']:.2f} | {r['ratio']:.2f} | {r['bare_epoch_s']:.2f} "
-            f"| {r['bare_ratio']:.2f} | {r['fit_images_per_s']:,.0f} | {r['plain_images_per_s']:,.0f} |"
-        )
-    lines += evaluation_table(report)
-    sr = report["speedrun"]
-    if sr["test_acc"]:
-        mean_acc = sum(sr["test_acc"]) / len(sr["test_acc"])
-        mean_s = sum(sr["train_s"]) / len(sr["train_s"])
-        mean_fit_call = sum(sr["fit_call_s"]) / len(sr["fit_call_s"])
-        per_seed = ", ".join(f"{s:.2f} s / {a:.2%}" for s, a in zip(sr["train_s"], sr["test_acc"]))
-        speedrun = (
-            f"**Speedrun** (`configs/speedrun.yaml`, {sr['steps']} steps, seeds {sr['seeds']}): "
-            f"mean training time {mean_s:.2f} s (set-up excluded; whole `fit` call {mean_fit_call:.2f} s), "
-            f"mean official test accuracy {mean_acc:.2%} ({'reaches' if mean_acc >= 0.99 else 'misses'} 99.0%). "
-            f"Per seed (time / accuracy): {per_seed}."
-        )
-    else:
-        speedrun = "**Speedrun**: not run (`--seeds 0`)."
-    loader = report["torchvision_loader"]
-    mlp = next((r for r in report["models"] if r["name"] == "mlp_128_64" and not r["skipped"]), None)
-    lines += [
-        "",
-        speedrun,
-        "",
-        f"**torchvision DataLoader** (per-image ToTensor + Normalize, batch 64, no workers): "
-        f"{loader['seconds']:.2f} s for {loader['images']:,} images, {loader['images_per_s']:,.0f} images/s"
-        + (
-            f"; the MLP's `fit` epoch moves images at {mlp['fit_images_per_s'] / loader['images_per_s']:.1f}× its "
-            "rate while also training on them."
-            if mlp
-            else "."
-        ),
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Every model asked for, the speedrun and the torchvision loader; ``speed.md`` and ``speed.json``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a few batches of everything (CI)")
     parser.add_argument(
@@ -535,10 +296,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--eval-repeats", type=int, default=2, help="test passes per evaluation batch size; the fastest is reported"
     )
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for speed.md and speed.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for speed.md and speed.json (default: benchmarks/; with --tiny a new temporary one)",
+    )
     opts = parser.parse_args(argv)
     if opts.tiny:
         opts.epochs, opts.train_batches, opts.seeds, opts.eval_repeats = 1, opts.train_batches or 5, 1, 1
+    if opts.out is None:  # a tiny run measures nothing: its tables never replace the committed ones unless asked
+        opts.out = Path(tempfile.mkdtemp(prefix="mnist-speed-tiny-")) if opts.tiny else HERE
     command = "python benchmarks/speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     load_before = os.getloadavg()[0]
@@ -564,6 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (opts.out / "speed.md").write_text(table)
     (opts.out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
     print(table)
+    print(f"wrote speed.md and speed.json in {opts.out}", flush=True)
     return report
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
@@ -20,10 +20,18 @@ from mnist_lightning.data import DATA_DIR_ENV, RAW_FILES, raw_dir
 from mnist_lightning.models import SpeedrunCNN
 from mnist_lightning.timing import TrainTimer
 
-spec = importlib.util.spec_from_file_location("gpu", REPO / "benchmarks" / "gpu.py")
-gpu = importlib.util.module_from_spec(spec)
-sys.modules["gpu"] = gpu  # its dataclasses look their module up there
-spec.loader.exec_module(gpu)
+BENCHMARKS = REPO / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the scripts import their parts as siblings, as `python benchmarks/gpu.py` does
+import gpu_budget  # noqa: E402
+import gpu_cuda  # noqa: E402
+import gpu_recipes  # noqa: E402
+import gpu_report  # noqa: E402
+import gpu_staging  # noqa: E402
+
+
+def benchmark_files() -> dict[Path, int]:
+    """Every file under benchmarks/ (bytecode aside) and when it was last written."""
+    return {p: p.stat().st_mtime_ns for p in BENCHMARKS.rglob("*") if "__pycache__" not in p.parts}
 
 
 class FakeClock:
@@ -37,26 +45,37 @@ class FakeClock:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str], float]:
-    """One ``gpu.py --tiny`` run for the tests below (the committed tables' modification time before it)."""
-    out = tmp_path_factory.mktemp("gpu") / "tmp"
-    committed = REPO / "benchmarks" / "results.json"
-    before = committed.stat().st_mtime
+def tiny_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str], tuple[float, dict[Path, int]]]:
+    """One ``gpu.py --tiny`` run without ``--out`` for the tests below: the folder it wrote its tables into, and
+    the committed results table's modification time and every benchmarks/ file's before it."""
+    temp = tmp_path_factory.mktemp("temp")  # the run's temporary folders, its tables' among them
+    committed = BENCHMARKS / "results.json"
+    before = committed.stat().st_mtime, benchmark_files()
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--tiny", "--out", str(out)],
+        [sys.executable, str(BENCHMARKS / "gpu.py"), "--tiny"],
         capture_output=True,
         text=True,
         timeout=900,
         # a module fixture starts before the `isolated` fixture has set the environment up
-        env={**subprocess_env(), DATA_DIR_ENV: str(MNIST_DIR), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"},
+        env={
+            **subprocess_env(),
+            DATA_DIR_ENV: str(MNIST_DIR),
+            "WANDB_MODE": "offline",
+            "PYTHONUNBUFFERED": "1",
+            "TMPDIR": str(temp),
+        },
         cwd=tmp_path_factory.mktemp("cwd"),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out, result, before
+    (out,) = re.findall(r"^\[gpu\] tables in (.+)$", result.stdout, flags=re.M)
+    assert Path(out).parent == temp and Path(out).name.startswith("mnist-gpu-tiny-")
+    return Path(out), result, before
 
 
 def test_tiny_mode_writes_every_table_with_hardware_versions_and_date(tiny_run) -> None:
-    out, result, committed_mtime = tiny_run
+    out, result, (committed_mtime, files_before) = tiny_run
     report = json.loads((out / "gpu.json").read_text())
     table = (out / "gpu.md").read_text()
     env = report["environment"]
@@ -75,8 +94,9 @@ def test_tiny_mode_writes_every_table_with_hardware_versions_and_date(tiny_run) 
         assert part["status"] == "done" and 0 < part["spent_s"] <= part["allowance_s"] <= part["cap_s"]
         assert f"| {part['name']} | {part['cap_s']:.0f} |" in table
     assert "where the time went" in result.stdout
-    # CI never touches the committed tables
+    # CI never touches the committed tables, nor anything else in benchmarks/
     assert (REPO / "benchmarks" / "results.json").stat().st_mtime == committed_mtime
+    assert benchmark_files() == files_before
 
 
 def test_tiny_speedruns_count_their_seeds_and_report_mean_and_std(tiny_run) -> None:
@@ -95,6 +115,7 @@ def test_tiny_speedruns_count_their_seeds_and_report_mean_and_std(tiny_run) -> N
         assert run["train_s_std"] >= 0 and run["warmup_s"] > 0
         assert run["reached"] is False  # three batches of a tiny network reach no target
         assert f"| `{run['preset']}` | 2 | 3 |" in table
+        assert re.search(rf"^\| `{run['preset']}` \|.*\| n/a \(tiny\) \|$", table, flags=re.M)  # no verdict
         assert "--model.init_args.channels=[4,8]" in run["extra_args"]  # the tiny model, not the preset's
 
 
@@ -112,6 +133,8 @@ def test_tiny_speed_rows_come_from_speed_py(tiny_run) -> None:
         assert f"| {variant} | mlp_128_64 | 109,386 | 64 |" in table
     assert "tiny mode" in rows[("32-true+compile", "mlp_128_64")]["skipped"]
     assert "**The MLP's ratio.**" in table and "through bare Lightning" in table
+    # a few batches on a CPU support no conclusion: the per-step figures, without where the time goes or advice
+    assert "Lightning's loop adds" not in table and gpu_report.GAP_ADVICE not in table
 
 
 def test_tiny_recipes_merge_into_a_copy_of_the_results_table(tiny_run) -> None:
@@ -159,12 +182,13 @@ def test_cuda_only_tests_are_the_ones_skipped_without_cuda(tmp_path: Path) -> No
         "@pytest.mark.skipif(sys.platform == 'win32', reason='posix')\n"
         "def test_posix(): pass\n"
     )
-    assert gpu.cuda_only_tests(tmp_path / "tests") == ["tests/test_x.py::test_on_gpu", "tests/test_x.py::test_marked"]
+    found = gpu_cuda.cuda_only_tests(tmp_path / "tests")
+    assert found == ["tests/test_x.py::test_on_gpu", "tests/test_x.py::test_marked"]
 
 
 def test_a_part_gets_its_cap_or_what_is_left() -> None:
     clock = FakeClock()
-    budget = gpu.Budget(100, clock)
+    budget = gpu_budget.Budget(100, clock)
     first = budget.part("first", 30)
     assert first.allowance_s == 30 and first.left() == 30
     clock.now += 80
@@ -173,26 +197,26 @@ def test_a_part_gets_its_cap_or_what_is_left() -> None:
     assert second.allowance_s == 20  # only 20 s of the budget are left
     clock.now += 25
     assert budget.part("third", 30).allowance_s == 0  # the budget is spent
-    assert budget.part("rest").allowance_s == 0 and gpu.Budget(50, clock).part("rest").allowance_s == 50
+    assert budget.part("rest").allowance_s == 0 and gpu_budget.Budget(50, clock).part("rest").allowance_s == 50
 
 
 def test_seeds_stop_before_one_that_would_pass_the_cap() -> None:
     clock = FakeClock()
-    part = gpu.Budget(1000, clock).part("speedrun", 10)
+    part = gpu_budget.Budget(1000, clock).part("speedrun", 10)
 
     def one(seed: int) -> int:
         clock.now += 3  # every run takes 3 s
         return seed
 
-    done, note = gpu.run_while_time_allows(part, list(range(30)), one)
+    done, note = gpu_budget.run_while_time_allows(part, list(range(30)), one)
     # after 3 runs (9 s) 1 s is left, less than the slowest run times the margin
     assert done == [0, 1, 2] and note == "stopped after 3 of 30: the next would pass the 10 s cap"
-    everything = gpu.Budget(1000, clock).part("speedrun", 100)
-    assert gpu.run_while_time_allows(everything, [0, 1], one) == ([0, 1], "")
+    everything = gpu_budget.Budget(1000, clock).part("speedrun", 100)
+    assert gpu_budget.run_while_time_allows(everything, [0, 1], one) == ([0, 1], "")
 
 
 def test_a_run_that_overruns_is_stopped_at_the_cap() -> None:
-    part = gpu.Budget(1000).part("speedrun", 0.5)
+    part = gpu_budget.Budget(1000).part("speedrun", 0.5)
 
     def spin(seed: int) -> int:
         end = time.monotonic() + 30
@@ -201,19 +225,19 @@ def test_a_run_that_overruns_is_stopped_at_the_cap() -> None:
         return seed
 
     start = time.monotonic()
-    done, note = gpu.run_while_time_allows(part, [0, 1], spin)
+    done, note = gpu_budget.run_while_time_allows(part, [0, 1], spin)
     assert done == [] and "reached the cap" in note and time.monotonic() - start < 5
-    with pytest.raises(gpu.OverCap), gpu.hard_cap(0):
+    with pytest.raises(gpu_budget.OverCap), gpu_budget.hard_cap(0):
         pass
 
 
 def test_a_failing_part_is_recorded_and_the_script_goes_on() -> None:
-    budget = gpu.Budget(1000)
+    budget = gpu_budget.Budget(1000)
     with budget.part("broken", 10) as part:
         raise ValueError("no such preset")
     assert part.status == "failed: ValueError: no such preset" and "Traceback" in part.notes[0]
     with budget.part("slow", 10) as part:
-        raise gpu.OverCap("10 s passed")
+        raise gpu_budget.OverCap("10 s passed")
     assert part.status == "stopped at its cap: 10 s passed" and part.spent_s is not None
     with pytest.raises(KeyboardInterrupt), budget.part("interrupted", 10):
         raise KeyboardInterrupt
@@ -225,7 +249,7 @@ def test_a_capped_row_never_replaces_a_full_one() -> None:
 
     committed = {"convnet": row(1, 10, "CPU"), "cnn_strong": row(15, 15, "CPU"), "vit": row(1, 10, "CPU")}
     new = {"convnet": row(10, 10, "H200"), "cnn_strong": row(3, 15, "H200"), "mlp_strong": row(15, 15, "H200")}
-    rows, notes = gpu.merge_rows(committed, new)
+    rows, notes = gpu_recipes.merge_rows(committed, new)
     assert rows["convnet"]["hardware"] == "H200" and rows["mlp_strong"]["hardware"] == "H200"
     assert rows["cnn_strong"]["hardware"] == "CPU" and rows["vit"]["hardware"] == "CPU"
     assert notes == ["`cnn_strong`: kept the committed 15-epoch row (CPU)"]
@@ -238,22 +262,22 @@ def test_capped_rows_are_remeasured_first_then_the_cheapest() -> None:
         "cnn_strong": {"epochs": 15, "recipe_epochs": 15},
     }
     projected = {"cnn_strong": 20.0, "vit": 90.0, "convnet": 40.0, "vit_encoder": 60.0}
-    assert gpu.recipe_order(projected, committed) == ["convnet", "vit_encoder", "vit", "cnn_strong"]
+    assert gpu_recipes.recipe_order(projected, committed) == ["convnet", "vit_encoder", "vit", "cnn_strong"]
 
 
 def test_the_gzipped_mnist_is_decompressed_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gz = REPO.parent / "shared" / "mnist-gz"
     if not (raw_dir(gz) / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"no gzipped MNIST in {gz}")  # only the development machine has this copy
-    monkeypatch.setattr(gpu.tempfile, "tempdir", str(tmp_path))
-    found = gpu.find_mnist(gz)
+    monkeypatch.setattr(gpu_staging.tempfile, "tempdir", str(tmp_path))
+    found = gpu_staging.find_mnist(gz)
     assert found == tmp_path / "mnist-lightning-gpu"
     assert all((raw_dir(found) / name).stat().st_size == RAW_FILES[name][2] for name in RAW_FILES)
 
 
 def test_the_committed_gpu_page_holds_the_device_command() -> None:
     page = (REPO / "benchmarks" / "gpu.md").read_text()
-    assert gpu.DEVICE_COMMAND in page and gpu.CARRY in page and "--stage" in page
+    assert gpu_staging.DEVICE_COMMAND in page and gpu_staging.CARRY in page and "--stage" in page
 
 
 def test_speedrun_995_preset_loads_and_trains_a_few_batches(isolated: Path) -> None:

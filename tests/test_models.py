@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import runpy
 import sys
 from pathlib import Path
 from unittest import mock
@@ -10,7 +11,7 @@ from unittest import mock
 import lightning as L
 import pytest
 import torch
-from conftest import CONFIGS, metric, run_cli
+from conftest import CONFIGS, REPO, metric, run_cli
 from torch import nn
 
 from mnist_lightning.cli import MNISTLightningCLI
@@ -18,22 +19,9 @@ from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.entry import main
 from mnist_lightning.models import CNNClassifier, TransformerEncoderClassifier, ViTClassifier
 
-CATALOGUE_PRESETS = [
-    "linear",
-    "mlp_20",
-    "mlp_40_20",
-    "mlp_128_62",
-    "mlp_128_64",
-    "mlp_100_100_linear",
-    "lenet_bn1",
-    "lenet5",
-    "small_cnn",
-    "convnet_pool2",
-    "convnet",
-    "vit",
-    "vit_encoder",
-]
-STRONG_PRESETS = ["mlp_strong", "cnn_strong", "vit_strong"]
+# the one list of presets, which benchmarks/results.py also reads (plain data: running it imports nothing)
+PRESETS = runpy.run_path(str(REPO / "benchmarks" / "presets.py"))
+CATALOGUE_PRESETS, STRONG_PRESETS = PRESETS["CATALOGUE_PRESETS"], PRESETS["STRONG_PRESETS"]
 
 
 def preset_model(preset: str) -> L.LightningModule:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, subprocess_env
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
@@ -225,14 +226,22 @@ def test_speedrun_preset_builds_the_speedrun_network() -> None:
 
 
 def test_benchmark_tiny_mode_writes_its_table(tmp_path: Path) -> None:
-    out = tmp_path / "bench"
+    benchmarks = REPO / "benchmarks"
+    files_before = {p: p.stat().st_mtime_ns for p in benchmarks.rglob("*") if "__pycache__" not in p.parts}
+    temp = tmp_path / "temp"  # the run's temporary folders, its tables' among them (no --out: the default)
+    temp.mkdir()
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--tiny", "--out", str(out)],
+        [sys.executable, str(benchmarks / "speed.py"), "--tiny"],
         capture_output=True,
         text=True,
         timeout=900,
+        env={**subprocess_env(), "TMPDIR": str(temp)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    (out,) = (Path(p) for p in re.findall(r"^wrote speed.md and speed.json in (.+)$", result.stdout, flags=re.M))
+    assert out.parent == temp and out.name.startswith("mnist-speed-tiny-")
+    # a tiny run never writes into benchmarks/ unless --out asks it to
+    assert {p: p.stat().st_mtime_ns for p in benchmarks.rglob("*") if "__pycache__" not in p.parts} == files_before
     report = json.loads((out / "speed.json").read_text())
     table = (out / "speed.md").read_text()
     measured = {m["name"]: m for m in report["models"] if not m["skipped"]}
@@ -256,3 +265,5 @@ def test_benchmark_tiny_mode_writes_its_table(tmp_path: Path) -> None:
     assert len(report["speedrun"]["test_acc"]) == 1 and report["torchvision_loader"]["images"] > 0
     assert "Speedrun" in table and "torchvision DataLoader" in table and "| bare / plain |" in table
     assert "**Evaluation**" in table and "| test speed-up |" in table
+    # a few batches support no verdict: neither on the speedrun's target nor on the loaders' rates
+    assert "reaches 99.0%" not in table and "misses 99.0%" not in table and "moves images at" not in table
