@@ -103,7 +103,7 @@ def write_best(study: optuna.Study, space: SearchSpace, folder: Path) -> FrozenT
 def optuna_figures() -> Iterator[None]:
     """Around Optuna's matplotlib plots: off-screen drawing, the ggplot style they switch on kept to them rather than
     left on for every later figure of the process, and none of their warnings (that they are experimental, or that a
-    study has no completed trial yet: the files say so themselves)."""
+    study is small or has no completed trial yet: the figures say what they can)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +115,9 @@ def optuna_figures() -> Iterator[None]:
     try:
         with warnings.catch_warnings(), matplotlib.rc_context():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            warnings.filterwarnings("ignore", "No artists with labels found", UserWarning)
+            # e.g. "No artists with labels found" (no completed trial yet) or PED-ANOVA's "Target and region quantiles
+            # select the same set of trials" (a small study): nothing the user can act on
+            warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
         optuna.logging.set_verbosity(level)
