@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from mnist_lightning import tune
+from mnist_lightning import tuning as tune
 from mnist_lightning.argtypes import port_number, positive_int, positive_number
 from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.export import FORMATS

@@ -244,7 +244,7 @@ def test_missing_space_and_existing_study_are_one_line() -> None:
     [([0.5], "at least 2 completed trials"), ([0.5, 0.6], "a parameter that varies")],
 )
 def test_importance_without_enough_trials_is_a_note(values: list[float], expected: str) -> None:
-    from mnist_lightning.tune import load_space, write_outputs
+    from mnist_lightning.tuning import load_space, write_outputs
 
     space = load_space(write_space(Path("space.yaml"), "few", {"model.init_args.lr": [0.01]}))
     study = optuna.create_study(direction="maximize")
