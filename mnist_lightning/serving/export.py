@@ -79,8 +79,8 @@ def trainer_free_tracing(module: nn.Module) -> Iterator[None]:
     and a LightningModule's ``trainer`` property raises when no Trainer holds it, except while Lightning's private
     flag ``_jit_is_scripting`` is set. Lightning's own way to trace, ``LightningModule.to_torchscript``, sets the
     same flag but is deprecated (it warns), and neither torch nor Lightning has a public switch; attaching a
-    throwaway Trainer just to export would set up accelerators and log its own lines. tests/test_eval_canaries.py fails when Lightning stops honouring the flag (or when the
-    tracer stops needing it).
+    throwaway Trainer just to export would set up accelerators and log its own lines. tests/test_eval_canaries.py
+    fails when Lightning stops honouring the flag (or when the tracer stops needing it).
     """
     lightning_modules = [m for m in module.modules() if isinstance(m, LightningModule)]
     for lightning_module in lightning_modules:
