@@ -33,8 +33,8 @@ from mnist_lightning.checkpoints import (
     resolve_last,
 )
 from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.ensemble import MAX_VIEWS, EnsembleClassifier, check_views, expand_checkpoints
 from mnist_lightning.errors import ConfigError, MNISTLightningError, one_line
+from mnist_lightning.evaluation.ensemble import MAX_VIEWS, EnsembleClassifier, check_views, expand_checkpoints
 from mnist_lightning.media import MediaLogger
 from mnist_lightning.models import MNISTClassifier
 from mnist_lightning.outputs import ensure_writable_file, ensure_writable_folder

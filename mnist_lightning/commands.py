@@ -10,8 +10,8 @@ from typing import NoReturn
 from mnist_lightning import tuning as tune
 from mnist_lightning.argtypes import port_number, positive_int, positive_number
 from mnist_lightning.checkpoints import load_classifier
-from mnist_lightning.export import FORMATS
 from mnist_lightning.outputs import ensure_writable_file
+from mnist_lightning.serving.export import FORMATS
 
 EXTRA_COMMANDS = ("serve", "export", "tune", "report")
 TRUSTED_MODEL_HELP = (
@@ -88,7 +88,7 @@ def run_extra_command(args: list[str]) -> None:
     if options.command == "tune":
         tune.run_tune_command(options)
     elif options.command == "export":
-        from mnist_lightning.export import export_model
+        from mnist_lightning.serving.export import export_model
 
         output = options.output or Path(options.ckpt_path).with_suffix(FORMATS[options.format])
         ensure_writable_file(output, "the export file (--output)")  # before the model is loaded and traced
@@ -96,7 +96,7 @@ def run_extra_command(args: list[str]) -> None:
         written = export_model(model, output, options.format)
         print(f"Exported {type(model).__name__} as {options.format} to {written}", file=sys.stderr)
     elif options.command == "report":
-        from mnist_lightning.report import build_report
+        from mnist_lightning.evaluation.report import build_report
 
         written = build_report(
             options.ckpt_path,
@@ -111,7 +111,7 @@ def run_extra_command(args: list[str]) -> None:
         )
         print(f"Report written to {written.markdown} ({written.data['seconds']:.0f} s)", file=sys.stderr)
     else:
-        from mnist_lightning.serve import serve
+        from mnist_lightning.serving.serve import serve
 
         model = load_classifier(options.ckpt_path, trusted=[options.model] if options.model else [])
         model.temperature = options.temperature

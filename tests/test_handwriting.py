@@ -327,7 +327,7 @@ def test_exported_models_match_pytorch_on_the_whole_test_set(
 ) -> None:
     import onnxruntime
 
-    from mnist_lightning.export import export_model
+    from mnist_lightning.serving.export import export_model
 
     images, labels = mnist_test
     model = load_classifier(cnn_checkpoint, trusted=["tiny_models.TinyCNNClassifier"])

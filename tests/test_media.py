@@ -13,10 +13,10 @@ from tiny_models import TinyCNNClassifier
 from torch import Tensor
 from wandb_offline import read_run
 
-from mnist_lightning.export import export_model
 from mnist_lightning.media import MediaLogger, attention_figure
 from mnist_lightning.models.vit import TransformerEncoderClassifier, TransformerEncoderViT
-from mnist_lightning.serve import class_token_attention
+from mnist_lightning.serving.export import export_model
+from mnist_lightning.serving.serve import class_token_attention
 
 
 def test_attention_figure_numbers_heads_from_one_labels_its_axes_and_has_a_colour_bar() -> None:

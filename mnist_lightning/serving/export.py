@@ -11,10 +11,13 @@ Every exported model takes raw MNIST-style images, ``images``: uint8 ``(N, 28, 2
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import torch
+from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from mnist_lightning.data import normalize
@@ -60,16 +63,33 @@ def export_model(
                 program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: _batch_dim()},))
                 torch.export.save(program, str(tmp))
             else:
-                # as in LightningModule.to_torchscript: the tracer must not touch the (absent) trainer
-                model._jit_is_scripting = True
-                try:
+                with trainer_free_tracing(wrapped):
                     traced = torch.jit.trace(wrapped, (example,), check_trace=False)
-                finally:
-                    model._jit_is_scripting = False
                 torch.jit.save(traced, str(tmp))
 
     # the temporary name ends like the final one: torch.export.save warns about any other suffix than .pt2
     return replace_atomically(output, write, suffix=FORMATS[fmt])
+
+
+@contextmanager
+def trainer_free_tracing(module: nn.Module) -> Iterator[None]:
+    """Let ``torch.jit.trace`` take in the LightningModules inside ``module`` that no Trainer holds.
+
+    The tracer reads every attribute of every submodule (``hasattr`` over ``dir``, looking for exported methods),
+    and a LightningModule's ``trainer`` property raises when no Trainer holds it, except while Lightning's private
+    flag ``_jit_is_scripting`` is set. Lightning's own way to trace, ``LightningModule.to_torchscript``, sets the
+    same flag but is deprecated (it warns), and neither torch nor Lightning has a public switch; attaching a
+    throwaway Trainer just to export would set up accelerators and log its own lines. tests/test_eval_canaries.py
+    fails when Lightning stops honouring the flag (or when the tracer stops needing it).
+    """
+    lightning_modules = [m for m in module.modules() if isinstance(m, LightningModule)]
+    for lightning_module in lightning_modules:
+        lightning_module._jit_is_scripting = True
+    try:
+        yield
+    finally:
+        for lightning_module in lightning_modules:
+            del lightning_module._jit_is_scripting  # back to the class's False
 
 
 def _export_onnx(wrapped: nn.Module, example: Tensor, path: Path) -> None:

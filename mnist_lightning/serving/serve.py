@@ -56,7 +56,7 @@ from mnist_lightning.handwriting import (
 )
 from mnist_lightning.models.base import MNISTClassifier
 
-PAGE = Path(__file__).with_name("serve_page.html")
+PAGE = Path(__file__).with_name("page.html")  # packaged with the module (hatchling includes it)
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # a request body over this gets 413, never parsed (the page sends ~10 kB)
 DECODE_SLOTS = 2  # images decoded and prepared at once: bounds memory when many large ones arrive together
 SOCKET_TIMEOUT_S = 30  # a client that stops sending mid-request is dropped after this long
