@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mnist_lightning.data import normalize
+from mnist_lightning.data import normalize_uint8
 from mnist_lightning.errors import MNISTLightningError
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.outputs import replace_atomically
@@ -39,7 +39,7 @@ class RawImageClassifier(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.model(normalize(images.unsqueeze(1).float() / 255))
+        logits = self.model(normalize_uint8(images.unsqueeze(1)))
         return logits, logits.softmax(dim=1)
 
 

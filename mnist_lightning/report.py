@@ -30,13 +30,13 @@ from torchmetrics.functional.classification import (
 
 from mnist_lightning.checkpoints import CheckpointInfo, inspect_checkpoint, load_classifier, resolve_last
 from mnist_lightning.data import MNISTDataModule, normalize, normalize_uint8
+from mnist_lightning.data.transforms import SHIFTS
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.figures import save_png
 from mnist_lightning.media import confusion_matrix, confusion_matrix_figure, digit_grid
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.outputs import ensure_writable_folder, write_atomically
 from mnist_lightning.runs import PROJECT_FOLDER
-from mnist_lightning.shifts import SHIFTS
 
 NUM_CLASSES = 10
 CALIBRATION_BINS = 15  # torchmetrics' default, and the reliability diagram's bins

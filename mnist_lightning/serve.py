@@ -44,9 +44,8 @@ from werkzeug.exceptions import (
 )
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
-from mnist_lightning.data import normalize
-from mnist_lightning.errors import ConfigError
-from mnist_lightning.handwriting import (
+from mnist_lightning.data import normalize_uint8
+from mnist_lightning.data.images import (
     MAX_PIXELS,
     ImageInputError,
     ImageTooLargeError,
@@ -54,6 +53,7 @@ from mnist_lightning.handwriting import (
     open_image,
     prepare_digit,
 )
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.base import MNISTClassifier
 
 PAGE = Path(__file__).with_name("serve_page.html")
@@ -163,7 +163,7 @@ def predict_digit(model: MNISTClassifier, digit: np.ndarray) -> dict[str, Any]:
     """Run the model on one prepared ``(28, 28)`` uint8 digit: as :func:`predict_drawing` returns."""
     device = next(model.parameters()).device
     pixels = torch.from_numpy(digit).to(device)
-    images = normalize(pixels.float().div(255)).view(1, 1, 28, 28)
+    images = normalize_uint8(pixels).view(1, 1, 28, 28)
     with torch.no_grad():
         # any module with a forward pass can be served; a classifier's temperature (serve --temperature) applies
         probs = (model(images).float() / getattr(model, "temperature", 1.0)).softmax(dim=1)[0].cpu()
