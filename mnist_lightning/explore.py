@@ -19,7 +19,7 @@ from torch import Tensor
 from mnist_lightning.checkpoints import inspect_checkpoint
 from mnist_lightning.checkpoints import load_classifier as load_checked_classifier
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
-from mnist_lightning.data import MNISTDataModule, normalize
+from mnist_lightning.data import MNISTDataModule, normalize_uint8
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.base import MNISTClassifier
 
@@ -142,8 +142,8 @@ def predict_probabilities(model: MNISTClassifier, images: Tensor, batch_size: in
     model.eval()
     chunks = []
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(model.device).unsqueeze(1).float().div(255)
-        chunks.append(model(normalize(batch)).softmax(dim=1).cpu())
+        batch = images[start : start + batch_size].to(model.device).unsqueeze(1)
+        chunks.append(model(normalize_uint8(batch)).softmax(dim=1).cpu())
     return torch.cat(chunks)
 
 

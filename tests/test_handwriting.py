@@ -27,14 +27,14 @@ from tiny_models import TinyAttentionClassifier, TinyCNNClassifier
 
 from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.data import normalize
-from mnist_lightning.entry import main
-from mnist_lightning.handwriting import (
+from mnist_lightning.data.images import (
     MAX_PIXELS,
     ImageInputError,
     load_digit,
     load_digits,
     prepare_digit,
 )
+from mnist_lightning.entry import main
 
 # the tiny test classifiers live outside the package: commands must be told to trust (import) them
 TRUST = ("--model", "tiny_models.TinyCNNClassifier")
@@ -258,7 +258,7 @@ def test_refusing_huge_images_costs_neither_memory_nor_time(tmp_path: Path) -> N
     assert max(p.stat().st_size for p in folder.iterdir()) < 100_000 and MAX_PIXELS < 10000 * 10000
     script = """
 import json, resource, sys, time, warnings
-from mnist_lightning.handwriting import load_digits
+from mnist_lightning.data.images import load_digits
 warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not reach the user either
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 before, start = peak(), time.perf_counter()

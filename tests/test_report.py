@@ -19,9 +19,9 @@ from wandb_offline import read_run
 
 from mnist_lightning.checkpoints import inspect_checkpoint, load_classifier
 from mnist_lightning.data import DATA_DIR_ENV, MNISTDataModule, load_split, normalize
+from mnist_lightning.data.transforms import SHIFTS, rotate
 from mnist_lightning.evaluation.calibration import calibration, fit_temperature
 from mnist_lightning.evaluation.report import Report, build_report, logits_of
-from mnist_lightning.shifts import SHIFTS, rotate
 
 TINY = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "20", "--trainer.limit_val_batches", "2")
 QUICK = ("--shift_images", "300")  # the console-script tests check files and wiring, not the curves

@@ -30,9 +30,9 @@ from PIL import Image
 from tiny_models import TinyCNNClassifier
 
 from mnist_lightning.data import normalize
+from mnist_lightning.data.images import prepare_digit
 from mnist_lightning.entry import main
 from mnist_lightning.errors import ConfigError
-from mnist_lightning.handwriting import prepare_digit
 from mnist_lightning.serving.serve import MAX_UPLOAD_BYTES, create_app, serve
 
 pytest_plugins = ["digit_fixtures"]  # cnn_checkpoint, mnist_test: shared with test_handwriting.py, trained once

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
+from mnist_lightning.data.transforms import SHIFTS
 from mnist_lightning.evaluation.calibration import CALIBRATION_BINS
 from mnist_lightning.evaluation.results import ModelReport
 from mnist_lightning.models.base import NUM_CLASSES
-from mnist_lightning.shifts import SHIFTS
 
 
 def model_json(report: ModelReport) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mnist_lightning.checkpoints import CheckpointInfo, inspect_checkpoint, load_classifier, resolve_last
 from mnist_lightning.data import MNISTDataModule, normalize_uint8
+from mnist_lightning.data.transforms import SHIFTS
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.evaluation.calibration import calibration, fit_temperature
 from mnist_lightning.evaluation.metrics import summarize
@@ -34,7 +35,6 @@ from mnist_lightning.figures.evaluation import ReliabilityPanel, mistakes_figure
 from mnist_lightning.media import confusion_matrix_figure
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.outputs import ensure_writable_folder, write_atomically
-from mnist_lightning.shifts import SHIFTS
 
 ENSEMBLE = "ensemble"
 Split = tuple[Tensor, Tensor]  # uint8 images (N, 28, 28) and their labels
@@ -219,7 +219,7 @@ def build_report(
         seed: seed of the random parts of the shifts (the same seed gives the same shifted images).
         shift_images: how many test images (a random subset drawn with ``seed``) each shifted level uses; level 0
             is the same subset unchanged. 10,000 (or more) uses the whole test set.
-        shifts: the names of the shifts to run (default: all of :data:`mnist_lightning.shifts.SHIFTS`).
+        shifts: the names of the shifts to run (default: all of :data:`mnist_lightning.data.transforms.SHIFTS`).
         trusted: class paths of classifiers defined outside the package that the checkpoints may hold.
         data_dir: where MNIST is (default: ``$MNIST_LIGHTNING_DATA_DIR`` or ``./data``).
     """

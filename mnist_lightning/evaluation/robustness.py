@@ -1,6 +1,6 @@
 """How a model holds up when the digits change: test accuracy at every level of every shift (rotation, blur, ...).
 
-The shifts themselves (what each does at each level) are :data:`mnist_lightning.shifts.SHIFTS`.
+The shifts themselves (what each does at each level) are :data:`mnist_lightning.data.transforms.SHIFTS`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from mnist_lightning.data import normalize
+from mnist_lightning.data.transforms import SHIFTS
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.shifts import SHIFTS
 
 # test images per shifted level: curves good to a point or two of accuracy, and a report in well under a minute
 SHIFT_IMAGES = 1000

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mnist_lightning.checkpoints import CheckpointInfo
+from mnist_lightning.data.transforms import SHIFTS
 from mnist_lightning.evaluation.results import ModelReport
 from mnist_lightning.outputs import ensure_writable_folder
 from mnist_lightning.runs import PROJECT_FOLDER
-from mnist_lightning.shifts import SHIFTS
 
 
 def wandb_root(info: CheckpointInfo) -> tuple[Path, str]:

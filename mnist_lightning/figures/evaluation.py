@@ -10,16 +10,16 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mnist_lightning.data.transforms import SHIFTS
 from mnist_lightning.evaluation.calibration import CALIBRATION_BINS, reliability_bins
 from mnist_lightning.media import digit_grid
-from mnist_lightning.shifts import SHIFTS
 
 
 def robustness_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], dashed: Collection[str] = ()) -> Figure:
     """One small plot per shift, accuracy against level, every model on the same axes.
 
     Args:
-        curves: model label -> shift name (of :data:`~mnist_lightning.shifts.SHIFTS`) -> accuracy at each level;
+        curves: model label -> shift name -> accuracy at each level;
             every model has the same shifts.
         dashed: the labels drawn as a dashed black line (the ensemble).
     """

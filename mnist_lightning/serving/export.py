@@ -1,7 +1,7 @@
 """Models that leave Python: ONNX, TorchScript and ``torch.export`` files with the MNIST scaling built in.
 
 Every exported model takes raw MNIST-style images, ``images``: uint8 ``(N, 28, 28)`` (white ink on black, as
-:func:`mnist_lightning.handwriting.prepare_digit` returns them; any batch size N) and returns ``logits`` and
+:func:`mnist_lightning.data.images.prepare_digit` returns them; any batch size N) and returns ``logits`` and
 ``probabilities``, both float32 ``(N, 10)``. Scaling to [0, 1] and the MNIST normalization happen inside.
 
 - ``onnx``: run it with onnxruntime (or any ONNX runtime), no PyTorch needed;
@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from mnist_lightning.data import normalize
+from mnist_lightning.data import normalize_uint8
 from mnist_lightning.errors import MNISTLightningError
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.outputs import replace_atomically
@@ -42,7 +42,7 @@ class RawImageClassifier(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.model(normalize(images.unsqueeze(1).float() / 255))
+        logits = self.model(normalize_uint8(images.unsqueeze(1)))
         return logits, logits.softmax(dim=1)
 
 

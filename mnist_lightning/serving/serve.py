@@ -1,14 +1,14 @@
 """``mnist-lightning serve``: a local page (Flask) to draw a digit and watch the model's probabilities change.
 
 The page posts the canvas as a PNG to ``/predict`` while you draw; the server prepares it exactly like an image
-file given to ``predict`` (:func:`mnist_lightning.handwriting.prepare_digit`) and answers with the ten
+file given to ``predict`` (:func:`mnist_lightning.data.images.prepare_digit`) and answers with the ten
 probabilities, the 28×28 image the model saw and, for models that expose ``attention_maps(images)`` (the ViTs),
 the class token's attention over the patches in every block and head.
 
 Whatever arrives, the answer is JSON: a request the server cannot use gets a 4xx with ``{"error": "..."}`` that
 says what to send instead (400 not the JSON or image expected, 404/405 wrong route or method, 413 too large a body
 or image, 415 not JSON or an image type it does not read, 422 an image without a digit), and each request costs
-bounded time and memory (:data:`MAX_UPLOAD_BYTES`, :data:`mnist_lightning.handwriting.MAX_PIXELS`, at most
+bounded time and memory (:data:`MAX_UPLOAD_BYTES`, :data:`mnist_lightning.data.images.MAX_PIXELS`, at most
 :data:`DECODE_SLOTS` images decoded at once). A bug is still a 500 (JSON too), with its traceback in the log.
 """
 
@@ -44,9 +44,8 @@ from werkzeug.exceptions import (
 )
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
-from mnist_lightning.data import normalize
-from mnist_lightning.errors import ConfigError
-from mnist_lightning.handwriting import (
+from mnist_lightning.data import normalize_uint8
+from mnist_lightning.data.images import (
     MAX_PIXELS,
     ImageInputError,
     ImageTooLargeError,
@@ -54,6 +53,7 @@ from mnist_lightning.handwriting import (
     open_image,
     prepare_digit,
 )
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.base import MNISTClassifier
 
 PAGE = Path(__file__).with_name("page.html")  # packaged with the module (hatchling includes it)
@@ -163,7 +163,7 @@ def predict_digit(model: MNISTClassifier, digit: np.ndarray) -> dict[str, Any]:
     """Run the model on one prepared ``(28, 28)`` uint8 digit: as :func:`predict_drawing` returns."""
     device = next(model.parameters()).device
     pixels = torch.from_numpy(digit).to(device)
-    images = normalize(pixels.float().div(255)).view(1, 1, 28, 28)
+    images = normalize_uint8(pixels).view(1, 1, 28, 28)
     with torch.no_grad():
         # any module with a forward pass can be served; a classifier's temperature (serve --temperature) applies
         probs = (model(images).float() / getattr(model, "temperature", 1.0)).softmax(dim=1)[0].cpu()

@@ -1,4 +1,4 @@
-"""Your own handwriting as MNIST digits: image files prepared the way the MNIST images were made.
+"""Photos and drawings of digits as MNIST digits: image files prepared the way the MNIST images were made.
 
 MNIST's digits were size-normalized to fit a 20×20 box (keeping their aspect ratio, antialiased) and then
 centred by their centre of mass in a 28×28 frame, white ink on black. :func:`prepare_digit` does the same to
@@ -14,9 +14,11 @@ it makes float arrays, and reads 16-bit, palette, CMYK and transparent images as
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import struct
+import sys
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
@@ -24,9 +26,9 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_lightning.errors import MNISTLightningError
+from mnist_lightning.errors import ConfigError, MNISTLightningError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FRAME = 28  # the MNIST image size
@@ -42,15 +44,6 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # what Pillow may open:
 # Pillow's calls, and nothing broader, so that a bug of ours or Pillow's still ends with its traceback.
 PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
 _OPEN_LOCK = threading.Lock()  # warnings.catch_warnings changes process-wide state (serve opens from threads)
-_TRANSPOSE = {  # EXIF orientation → the transpose that shows the picture upright
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 class ImageInputError(MNISTLightningError, ValueError):
@@ -132,9 +125,11 @@ def open_image(source: str | Path | IO[bytes], max_pixels: int = MAX_PIXELS) -> 
 def prepare_digit(image: Image.Image) -> np.ndarray:
     """A picture of one digit as a ``(28, 28)`` uint8 MNIST-style image: white ink on black, 20 px, centred.
 
-    Steps: greyscale; inverted when the background (the image's border) is light; paper level subtracted and
-    ink stretched to full strength; cropped to the ink's bounding box; scaled (antialiased) so its longer side
-    is 20 pixels; placed in a 28×28 frame so that its centre of mass is at the frame's centre (pixel 14, 14).
+    Steps: turned upright as its EXIF orientation asks (in place: ``image`` itself is turned and loses the tag, so
+    that an image that needs no turn costs no copy); greyscale; inverted when the background (the image's border)
+    is light; paper level subtracted and ink stretched to full strength; cropped to the ink's bounding box; scaled
+    (antialiased) so its longer side is 20 pixels; placed in a 28×28 frame so that its centre of mass is at the
+    frame's centre (pixel 14, 14).
 
     Raises:
         ImageInputError: the image holds no ink (a blank page).
@@ -175,7 +170,7 @@ def prepare_digit(image: Image.Image) -> np.ndarray:
 def _to_grey(image: Image.Image) -> np.ndarray:
     """Luminance as float ``(H, W)`` in [0, 255], upright, at most :data:`WORK_SIZE` a side; transparent areas
     become the opposite of the ink's shade."""
-    transpose = _orientation(image)
+    _turn_upright(image)
     sixteen_bit = image.mode.startswith("I;16")
     transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode in ("1", "L", "P", "RGB") and "transparency" in image.info  # a colour marked transparent
@@ -192,8 +187,6 @@ def _to_grey(image: Image.Image) -> np.ndarray:
     factor = math.ceil(max(image.size) / WORK_SIZE)
     if factor > 1:
         image = image.reduce(factor)  # box average: antialiased, and the full-size copy is never made as floats
-    if transpose is not None:
-        image = image.transpose(transpose)
     if image.mode == "F":
         return _eight_bit(np.asarray(image, dtype=np.float32), sixteen_bit)
     if transparent:
@@ -218,12 +211,14 @@ def _eight_bit(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
     return np.clip(values, 0.0, 255.0)
 
 
-def _orientation(image: Image.Image) -> Image.Transpose | None:
-    """The transpose that the EXIF orientation tag asks for; None without one (or with unreadable EXIF data)."""
-    try:
-        return _TRANSPOSE.get(image.getexif().get(0x0112))  # 0x0112: Orientation
-    except PILLOW_ERRORS:
-        return None
+def _turn_upright(image: Image.Image) -> None:
+    """Turn ``image`` in place as its EXIF (or XMP) orientation asks; unreadable EXIF data counts as upright.
+
+    In place: Pillow's copying form copies every image, also those that need no turn (a 50-megapixel one at the
+    limit is 200 MB more).
+    """
+    with contextlib.suppress(PILLOW_ERRORS):
+        ImageOps.exif_transpose(image, in_place=True)
 
 
 def _border(grey: np.ndarray) -> np.ndarray:
@@ -286,3 +281,19 @@ def load_digits(paths: Sequence[str | Path]) -> tuple[list[Path], np.ndarray, li
             failed.append((path, str(err)))
     stacked = np.stack(digits) if digits else np.zeros((0, FRAME, FRAME), dtype=np.uint8)
     return files, stacked, failed
+
+
+def read_predict_images(paths: Sequence[str | Path]) -> tuple[list[Path], np.ndarray, list[tuple[Path, str]]]:
+    """:func:`load_digits` for ``predict --data.predict_images``: each file that cannot be used is reported on stderr
+    as skipped; raises ConfigError (the reason itself for a single file) when none can be used."""
+    files, digits, failures = load_digits(paths)
+    if not files and len(failures) == 1:
+        raise ConfigError(failures[0][1])
+    for _, message in failures:
+        print(f"mnist-lightning: skipped {message}", file=sys.stderr)
+    if not files:
+        raise ConfigError(
+            f"none of the {len(failures)} images in data.predict_images could be used (see above); "
+            "pass PNG or JPEG files of single digits, or folders holding them"
+        )
+    return files, digits, failures
