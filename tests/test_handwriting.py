@@ -26,8 +26,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from tiny_models import TinyAttentionClassifier, TinyCNNClassifier
 
 from mnist_lightning.checkpoints import load_classifier
+from mnist_lightning.cli.main import main
 from mnist_lightning.data import normalize
-from mnist_lightning.entry import main
 from mnist_lightning.handwriting import (
     MAX_PIXELS,
     ImageInputError,

@@ -14,8 +14,8 @@ from conftest import CONFIGS, metric, run_cli
 from torch import nn
 
 from mnist_lightning.cli import MNISTLightningCLI
+from mnist_lightning.cli.main import main
 from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.entry import main
 from mnist_lightning.models import CNNClassifier, TransformerEncoderClassifier, ViTClassifier
 
 CATALOGUE_PRESETS = [
