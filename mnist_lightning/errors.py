@@ -1,8 +1,9 @@
 """The errors a user can cause. ``mnist-lightning`` turns every one of them into one line on stderr.
 
-Anything else that escapes a command is a bug and keeps its traceback. Each class also derives from the built-in
-exception that Python code calling the package would expect (``ValueError``, ``OSError``), so ``except
-ValueError`` around, say, ``MLPClassifier(lr=-1)`` keeps working.
+Anything else that escapes a command is a bug and keeps its traceback: :func:`user_error` tells the two apart, also
+when a library wrapped the user error in its own exception, and ``MNIST_LIGHTNING_DEBUG=1`` shows every traceback.
+Each class also derives from the built-in exception that Python code calling the package would expect
+(``ValueError``, ``OSError``), so ``except ValueError`` around, say, ``MLPClassifier(lr=-1)`` keeps working.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class MNISTLightningCLI(LightningCLI):
     come from the checkpoint unless given. ``epilog`` ends ``--help`` (the console command lists its other commands).
     """
 
-    def __init__(self, args: ArgsType = None, run: bool = True, epilog: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, args: ArgsType = None, run: bool = True, *, epilog: str | None = None, **kwargs: Any) -> None:
         self.checkpoint: CheckpointInfo | None = None
         self.checkpoint_state: dict[str, Any] | None = None
         self.run_dir: Path | None = None

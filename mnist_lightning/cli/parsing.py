@@ -28,6 +28,7 @@ from mnist_lightning.checkpoints import (
     known_class_paths,
     read_checkpoint,
     resolve_last,
+    searched,
 )
 from mnist_lightning.cli.logger_settings import continue_wandb_run, follow_root_dir, logger_folders
 from mnist_lightning.cli.messages import OneLineErrorParser, TentativeParseError
@@ -124,8 +125,7 @@ def resolve_last_checkpoint(section: Namespace, subcommand: str | None) -> str |
         return str(resolve_last(roots, "pass a .ckpt path, or the run's root with --trainer.default_root_dir"))
     found = find_last(*roots)
     if found is None:
-        where = " or ".join(str(root) for root in dict.fromkeys(roots))
-        print(f"No last.ckpt under {where}: starting a new run", file=sys.stderr)
+        print(f"No last.ckpt under {searched(roots)}: starting a new run", file=sys.stderr)
         return None
     print(f"Resuming from {found}", file=sys.stderr)
     return str(found)
