@@ -78,9 +78,13 @@ def resolve_last(roots: Iterable[str | Path], fix: str) -> Path:
     roots = list(roots)
     found = find_last(*roots)
     if found is None:
-        where = " or ".join(dict.fromkeys(str(Path(root)) for root in roots))
-        raise CheckpointError(f"--ckpt_path last: no last.ckpt under {where}; {fix}")
+        raise CheckpointError(f"--ckpt_path last: no last.ckpt under {searched(roots)}; {fix}")
     return found
+
+
+def searched(roots: Iterable[str | Path]) -> str:
+    """The folders ``--ckpt_path last`` looked in, for a message: ``runs or out``."""
+    return " or ".join(dict.fromkeys(str(Path(root)) for root in roots))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

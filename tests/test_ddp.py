@@ -21,8 +21,8 @@ from wandb_offline import read_run
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
 from mnist_lightning.cli import MNISTLightningCLI
+from mnist_lightning.cli.main import main
 from mnist_lightning.data import normalize
-from mnist_lightning.entry import main
 
 TWO_CPU_PROCESSES = ("--config", str(CONFIGS / "ddp.yaml"), "--trainer.devices", "2", "--trainer.accelerator", "cpu")
 TIMEOUT = 300  # seconds; a stuck rank must fail the test, never hang it

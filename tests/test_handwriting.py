@@ -26,6 +26,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from tiny_models import TinyAttentionClassifier, TinyCNNClassifier
 
 from mnist_lightning.checkpoints import load_classifier
+from mnist_lightning.cli.main import main
 from mnist_lightning.data import normalize
 from mnist_lightning.data.images import (
     MAX_PIXELS,
@@ -34,7 +35,6 @@ from mnist_lightning.data.images import (
     load_digits,
     prepare_digit,
 )
-from mnist_lightning.entry import main
 
 # the tiny test classifiers live outside the package: commands must be told to trust (import) them
 TRUST = ("--model", "tiny_models.TinyCNNClassifier")

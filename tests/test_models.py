@@ -15,8 +15,8 @@ from conftest import CONFIGS, REPO, metric, run_cli
 from torch import nn
 
 from mnist_lightning.cli import MNISTLightningCLI
+from mnist_lightning.cli.main import main
 from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.entry import main
 from mnist_lightning.models import CNNClassifier, TransformerEncoderClassifier, ViTClassifier
 
 # the one list of presets, which benchmarks/results.py also reads (plain data: running it imports nothing)

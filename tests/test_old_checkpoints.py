@@ -55,7 +55,7 @@ def test_an_old_checkpoint_with_a_weight_average_predicts_with_the_average(first
 
 
 def test_an_old_checkpoint_is_tested_and_resumed_through_the_command(isolated: Path) -> None:
-    from mnist_lightning.entry import main
+    from mnist_lightning.cli.main import main
 
     run = isolated / "old" / "checkpoints"
     run.mkdir(parents=True)

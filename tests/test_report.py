@@ -218,7 +218,7 @@ def test_predict_applies_the_reported_temperature(isolated: Path) -> None:
 def test_numbers_out_of_range_are_one_line_before_any_work(
     isolated: Path, capsys: pytest.CaptureFixture[str], args: list[str]
 ) -> None:
-    from mnist_lightning.entry import main
+    from mnist_lightning.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(args)

@@ -29,9 +29,9 @@ from digit_helpers import digit_png, encode, huge_png, jpeg_claiming, python_pat
 from PIL import Image
 from tiny_models import TinyCNNClassifier
 
+from mnist_lightning.cli.main import main
 from mnist_lightning.data import normalize
 from mnist_lightning.data.images import prepare_digit
-from mnist_lightning.entry import main
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.serving.serve import MAX_UPLOAD_BYTES, create_app, serve
 

@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
 from mnist_lightning.callbacks import PredictionWriter
-from mnist_lightning.cli import PROGRESS_BAR_REFRESH_STEPS, MNISTLightningCLI
+from mnist_lightning.cli import MNISTLightningCLI
+from mnist_lightning.cli.trainer_setup import PROGRESS_BAR_REFRESH_STEPS
 from mnist_lightning.data import EVAL_BATCH_SIZE
 from mnist_lightning.models import SpeedrunCNN
 from mnist_lightning.models.base import TrainingSums

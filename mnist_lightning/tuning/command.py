@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mnist_lightning.argtypes import positive_int, positive_number
+from mnist_lightning.cli.argtypes import positive_int, positive_number
 from mnist_lightning.tuning.results import write_outputs
 from mnist_lightning.tuning.search import optimize
 from mnist_lightning.tuning.space import SearchSpace, load_space

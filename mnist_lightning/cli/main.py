@@ -1,0 +1,91 @@
+"""The ``mnist-lightning`` console command: the one table of its commands, and ``main``.
+
+LightningCLI parses and runs its own subcommands (fit, validate, test, predict); the others (serve, export, tune,
+report) are argparse commands. :data:`COMMANDS` says which is which, and both the dispatch in :func:`main` and the
+argparse parser are built from it. Every user error ends as one line on stderr with a conventional exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from mnist_lightning import tuning
+from mnist_lightning.cli import commands
+from mnist_lightning.cli.lightning_cli import MNISTLightningCLI
+from mnist_lightning.cli.messages import PROG, OneLineArgumentParser, error_line, summarize_parse_error
+from mnist_lightning.errors import DEBUG_ENV, user_error
+from mnist_lightning.reliability import interrupted_by
+
+
+@dataclass(frozen=True)
+class Command:
+    """What parses and runs a command: LightningCLI (no parser or runner here), or an argparse parser and a runner."""
+
+    add_parser: Callable[[Any], argparse.ArgumentParser] | None = None  # adds its parser to argparse's subparsers
+    run: Callable[[argparse.Namespace], None] | None = None
+    summary: str = ""  # for the list of commands at the end of 'mnist-lightning --help'
+
+    @property
+    def by_lightning(self) -> bool:
+        return self.run is None
+
+
+COMMANDS: dict[str, Command] = {
+    **dict.fromkeys(MNISTLightningCLI.subcommands(), Command()),  # fit, validate, test, predict
+    "serve": Command(commands.add_serve_parser, commands.run_serve, "a page to draw digits"),
+    "export": Command(commands.add_export_parser, commands.run_export, "ONNX, TorchScript"),
+    "tune": Command(tuning.add_tune_parser, tuning.run_tune_command, "hyperparameter search, Optuna"),
+    "report": Command(commands.add_report_parser, commands.run_report, "metrics, calibration, shifts"),
+}
+ARGPARSE_COMMANDS = [name for name, command in COMMANDS.items() if not command.by_lightning]
+
+
+def argparse_parser() -> argparse.ArgumentParser:
+    """The parser of the commands LightningCLI does not know."""
+    parser = OneLineArgumentParser(prog=PROG)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
+    for name in ARGPARSE_COMMANDS:
+        COMMANDS[name].add_parser(subparsers)
+    return parser
+
+
+def help_epilog() -> str:
+    """The end of ``mnist-lightning --help``: the commands that are not LightningCLI's."""
+    listed = ", ".join(f"{name} ({COMMANDS[name].summary})" for name in ARGPARSE_COMMANDS)
+    first, *others = ARGPARSE_COMMANDS
+    return f"more commands: {listed}; see '{PROG} {first} --help' (and {', '.join(others)})"
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point; user errors end with one line on stderr and exit code 1 (traceback with DEBUG)."""
+    argv = sys.argv[1:] if args is None else args
+    command = COMMANDS.get(argv[0]) if argv else None
+    try:
+        if command is not None and not command.by_lightning:
+            options = argparse_parser().parse_args(argv)
+            COMMANDS[options.command].run(options)
+        else:
+            MNISTLightningCLI(args=args, epilog=help_epilog())
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)  # the checkpoint callback has said where the state was saved
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)
+    except SystemExit as exit_:
+        # Lightning ends a run stopped by Ctrl+C with exit code 1; the shell convention is 128 + SIGINT
+        if interrupted_by() == signal.SIGINT and exit_.code not in (0, None):
+            sys.exit(128 + signal.SIGINT)
+        raise
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None or os.environ.get(DEBUG_ENV):
+            raise
+        print(error_line(summarize_parse_error(str(cause))), file=sys.stderr)
+        sys.exit(1)
