@@ -58,9 +58,9 @@ import results  # noqa: E402
 import speed  # noqa: E402
 import torch  # noqa: E402
 
+from mnist_lightning.callbacks import TrainTimer, synchronize  # noqa: E402
 from mnist_lightning.cli import MNISTLightningCLI, config_dir  # noqa: E402
 from mnist_lightning.data import DATA_DIR_ENV, RAW_FILES, raw_dir, verify_raw_files  # noqa: E402
-from mnist_lightning.timing import TrainTimer, synchronize  # noqa: E402
 
 SPEEDRUNS = [  # (preset, target mean test accuracy, goal for the mean training seconds)
     ("speedrun", 0.990, 1.0),

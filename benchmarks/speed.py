@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mnist_lightning.callbacks import TrainTimer, synchronize
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
 from mnist_lightning.data import EVAL_BATCH_SIZE, MEAN, STD, MNISTDataModule
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.timing import TrainTimer, synchronize
 
 HERE = Path(__file__).resolve().parent
 

@@ -17,7 +17,15 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from mnist_lightning.callbacks import PredictionWriter, require_single_process
+from mnist_lightning.callbacks import (
+    AtomicCheckpointIO,
+    FiniteLossGuard,
+    MediaLogger,
+    PredictionWriter,
+    ResumableCheckpoint,
+    RunLock,
+    require_single_process,
+)
 from mnist_lightning.checkpoints import (
     CheckpointInfo,
     check_data_settings,
@@ -35,15 +43,8 @@ from mnist_lightning.checkpoints import (
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.ensemble import MAX_VIEWS, EnsembleClassifier, check_views, expand_checkpoints
 from mnist_lightning.errors import ConfigError, MNISTLightningError, one_line
-from mnist_lightning.media import MediaLogger
 from mnist_lightning.models import MNISTClassifier
 from mnist_lightning.outputs import ensure_writable_file, ensure_writable_folder
-from mnist_lightning.reliability import (
-    AtomicCheckpointIO,
-    FiniteLossGuard,
-    ResumableCheckpoint,
-    RunLock,
-)
 from mnist_lightning.runs import PROJECT_FOLDER, new_run_id, run_directory
 from mnist_lightning.tracking import AutoWandbLogger, SaveConfigToRun, WatchHistograms, is_wandb_logger_config
 

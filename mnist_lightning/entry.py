@@ -12,8 +12,8 @@ import sys
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mnist_lightning.callbacks import interrupted_by
 from mnist_lightning.cli import DEBUG_ENV, MNISTLightningCLI, summarize_parse_error, user_error
-from mnist_lightning.reliability import interrupted_by
 
 EXTRA_COMMANDS = ("serve", "export", "tune", "report")
 

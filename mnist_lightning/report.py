@@ -32,7 +32,8 @@ from mnist_lightning.checkpoints import CheckpointInfo, inspect_checkpoint, load
 from mnist_lightning.data import MNISTDataModule, normalize, normalize_uint8
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.figures import save_png
-from mnist_lightning.media import confusion_matrix, confusion_matrix_figure, digit_grid
+from mnist_lightning.figures.digits import digit_grid
+from mnist_lightning.figures.training import confusion_matrix, confusion_matrix_figure
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.outputs import ensure_writable_folder, write_atomically
 from mnist_lightning.runs import PROJECT_FOLDER

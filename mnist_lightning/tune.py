@@ -32,10 +32,10 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lightning.argtypes import positive_int, positive_number
+from mnist_lightning.callbacks import NonFiniteLossError, RunLock
 from mnist_lightning.cli import DEBUG_ENV, MNISTLightningCLI, config_dir, preset_names, summarize_parse_error
 from mnist_lightning.errors import ConfigError, MNISTLightningError, one_line
 from mnist_lightning.outputs import ensure_writable_folder, replace_atomically, write_atomically
-from mnist_lightning.reliability import NonFiniteLossError, RunLock
 
 SPACE_KEYS = {"study", "base", "fixed", "params", "metric", "direction", "n_trials", "pruner", "sampler", "seed"}
 PRUNERS = ("median", "halving", "none")

@@ -16,12 +16,11 @@ from conftest import CONFIGS, REPO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
-from mnist_lightning.callbacks import PredictionWriter
+from mnist_lightning.callbacks import PredictionWriter, TrainTimer
 from mnist_lightning.cli import PROGRESS_BAR_REFRESH_STEPS, MNISTLightningCLI
 from mnist_lightning.data import EVAL_BATCH_SIZE
 from mnist_lightning.models import SpeedrunCNN
-from mnist_lightning.models.base import TrainingSums
-from mnist_lightning.timing import TrainTimer
+from mnist_lightning.models.metrics import TrainingSums
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:
