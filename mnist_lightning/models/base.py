@@ -124,7 +124,6 @@ class MNISTClassifier(L.LightningModule):
             self.net.compile()
             self._compiled = True
 
-    # --- training -----------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
         restored, self._restored = self._restored, {}
         # the sanity check must not count towards the best validation accuracy; a resumed run goes on from its best
@@ -176,7 +175,6 @@ class MNISTClassifier(L.LightningModule):
             return optimizer
         return schedules.with_schedule(optimizer, self.hparams, self.trainer)
 
-    # --- checkpoints --------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a run resumed in the middle of this epoch then logs the mean over all of its batches
         checkpoint["train_sums"] = self.train_sums.state_dict()
@@ -190,7 +188,6 @@ class MNISTClassifier(L.LightningModule):
             "planned_steps": schedules.planned_steps(checkpoint),
         }
 
-    # --- evaluation ---------------------------------------------------------------------------------------------
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         images, labels = batch
         logits = self(images)
