@@ -5,7 +5,7 @@ On one H100 or H200, in this order, each part under its own time cap inside one 
 1. the CUDA-only tests of ``tests/`` and, with two or more GPUs, a DDP ``fit`` over NCCL;
 2. the speedruns: ``configs/speedrun.yaml`` (target 99.0% mean official test accuracy, under 1 s of training) and
    ``configs/speedrun_995.yaml`` (99.5%, under 5 s), each through the CLI's real ``fit`` once per seed, after one
-   untimed warm-up run; training time from :class:`~mnist_lightning.timing.TrainTimer` (device synchronised,
+   untimed warm-up run; training time from :class:`~mnist_lightning.callbacks.TrainTimer` (device synchronised,
    start-up and data loading excluded), mean ± std over the seeds that fit in the cap (``--seeds`` at most);
 3. ``benchmarks/speed.py``'s comparison (fit, the plain loop, bare Lightning) for the MLP, the convnet and the ViT,
    in 32-bit, bf16-mixed and compiled variants, and what separates fit from the plain loop for the MLP;

@@ -21,8 +21,8 @@ import speed
 from gpu_budget import OverCap, Part, hard_cap
 from gpu_speedruns import TINY_LIMITS
 
+from mnist_lightning.callbacks import TrainTimer, synchronize
 from mnist_lightning.cli import config_dir
-from mnist_lightning.timing import TrainTimer, synchronize
 
 
 class ValidationTimer(L.Callback):

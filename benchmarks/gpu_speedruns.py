@@ -2,7 +2,7 @@
 
 One untimed warm-up run first (the CUDA context, cuDNN's and cuBLAS's start-up, any compilation), then one ``fit``
 per seed while the next still fits the part's cap; training time from the preset's
-:class:`~mnist_lightning.timing.TrainTimer`, accuracy from a test of the final weights on the official test set.
+:class:`~mnist_lightning.callbacks.TrainTimer`, accuracy from a test of the final weights on the official test set.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from unittest import mock
 
 from gpu_budget import Part, hard_cap, run_while_time_allows
 
+from mnist_lightning.callbacks import TrainTimer
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
-from mnist_lightning.timing import TrainTimer
 
 TINY_MODEL = {
     "speedrun": ["--model.init_args.channels=[4,8]", "--model.init_args.hidden=16"],
@@ -46,7 +46,7 @@ def fit_once(preset: str, seed: int, extra: list[str], workdir: Path, test: bool
     fit_call = time.perf_counter() - start
     timers = [c for c in cli.trainer.callbacks if isinstance(c, TrainTimer)]
     if not timers or timers[0].train_seconds is None:
-        raise RuntimeError(f"configs/{preset}.yaml has no mnist_lightning.timing.TrainTimer callback")
+        raise RuntimeError(f"configs/{preset}.yaml has no mnist_lightning.callbacks.TrainTimer callback")
     acc = float(cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]["test/acc"]) if test else None
     return {
         "train_s": timers[0].train_seconds,

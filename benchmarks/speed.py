@@ -36,10 +36,10 @@ from speed_reference import PlainEpochAfterEach, PlainLoop, autocast, bare_train
 from speed_report import environment, markdown
 from torch import nn
 
+from mnist_lightning.callbacks import TrainTimer, synchronize
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
 from mnist_lightning.data import MEAN, STD, MNISTDataModule
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.timing import TrainTimer, synchronize
 
 HERE = Path(__file__).resolve().parent
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mnist_lightning.callbacks import TrainTimer, synchronize
 from mnist_lightning.data import MEAN, STD, MNISTDataModule
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.timing import TrainTimer, synchronize
 
 
 class BareClassifier(L.LightningModule):

@@ -1,8 +1,8 @@
 """Output files and folders: checked before the work starts, written atomically, and one line when they fail.
 
 Every file the package writes (config.yaml, predictions, figures, checkpoints through
-:class:`mnist_lightning.reliability.AtomicCheckpointIO`) goes to a temporary name beside its target and is renamed
-into place, so a crash, a kill or a full disk never leaves a half-written file or spoils a good one.
+:class:`mnist_lightning.callbacks.checkpointing.AtomicCheckpointIO`) goes to a temporary name beside its target and is
+renamed into place, so a crash, a kill or a full disk never leaves a half-written file or spoils a good one.
 """
 
 from __future__ import annotations

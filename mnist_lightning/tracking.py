@@ -53,6 +53,7 @@ class AutoWandbLogger(WandbLogger):
         watch: ``gradients``, ``parameters`` or ``all`` turns on ``wandb.watch`` histograms; ``null`` leaves it off.
         watch_log_freq: log the watched histograms every this many training steps.
         resume: W&B's resume mode; the CLI sets ``allow`` when ``validate`` or ``test`` log to the training run.
+        checkpoint_name: the name of the model artifact (``model-<run id>`` when not set).
         **kwargs: anything else Lightning's ``WandbLogger`` (and ``wandb.init``) accepts, e.g. ``project``, ``name``.
     """
 
@@ -67,6 +68,7 @@ class AutoWandbLogger(WandbLogger):
         watch: Literal["gradients", "parameters", "all"] | None = None,
         watch_log_freq: int = 100,
         resume: Literal["allow", "must", "never"] | None = None,
+        checkpoint_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         if offline is None:
@@ -87,15 +89,26 @@ class AutoWandbLogger(WandbLogger):
         init_extras = {key: value for key, value in (("tags", tags), ("group", group), ("notes", notes)) if value}
         # Lightning refuses log_model when offline; the artifacts are logged here instead, in both modes
         super().__init__(offline=offline, log_model=False, **init_extras, **kwargs)
+        # Lightning passes anonymous=None to wandb.init, and wandb warns about the setting even when it is None;
+        # there is no public way to leave it out (tests/test_train_canaries.py fails once Lightning stops)
         if self._wandb_init.get("anonymous") is None:
-            self._wandb_init.pop("anonymous", None)  # wandb warns about the setting even when it is None
+            self._wandb_init.pop("anonymous", None)
         self.is_offline = offline
+        self.checkpoint_name = checkpoint_name
+        self.run_started = False  # whether this logger has started (or joined) its W&B run
         self.stage_checkpoints = log_model
         self.watch_mode = watch
         self.watch_log_freq = watch_log_freq
         self.full_config_logged = False
         self._model_checkpoints: dict[int, ModelCheckpoint] = {}
         self._staged: dict[str, float] = {}
+
+    @property
+    def experiment(self) -> Any:
+        """The W&B run, started (or joined) on first use."""
+        run = super().experiment
+        self.run_started = True
+        return run
 
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
@@ -117,7 +130,7 @@ class AutoWandbLogger(WandbLogger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
-        if self._experiment is None:
+        if not self.run_started:  # nothing was logged: no run to report (and none to start now)
             return
         if status == "success":
             for callback in self._model_checkpoints.values():
@@ -125,8 +138,8 @@ class AutoWandbLogger(WandbLogger):
                     self._log_model_artifacts(callback)
                 except Exception as err:  # the checkpoints are on disk either way: never fail the finished run
                     print(f"W&B: checkpoints not logged as artifacts ({type(err).__name__}: {err})", file=sys.stderr)
-        run = self._experiment
-        if self.is_offline or getattr(run.settings, "_offline", False):
+        run = self.experiment
+        if self.is_offline or run.offline:
             folder = Path(run.dir.removesuffix("/files"))
             # a resumed (or evaluated) run has one offline folder per process: all of them, oldest first
             parts = sorted(folder.parent.glob(f"offline-run-*-{run.id}")) or [folder]
@@ -153,7 +166,7 @@ class AutoWandbLogger(WandbLogger):
                 continue
             metadata = artifact_metadata(path)
             metadata["monitor"] = callback.monitor
-            name = self._checkpoint_name or f"model-{self.experiment.id}"
+            name = self.checkpoint_name or f"model-{self.experiment.id}"
             artifact = wandb.Artifact(name=name, type="model", metadata=metadata)
             with staging_beside_the_run(Path(self.save_dir or "runs")):
                 artifact.add_file(path, name=Path(path).name)

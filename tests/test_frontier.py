@@ -23,7 +23,8 @@ from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.cli import MNISTLightningCLI
 from mnist_lightning.data import MEAN, STD, elastic_displacement, load_split, normalize_uint8, random_affine
 from mnist_lightning.errors import ConfigError, MNISTLightningError
-from mnist_lightning.models.base import LRSchedule, WeightAverage
+from mnist_lightning.models.averaging import WeightAverage
+from mnist_lightning.models.schedules import LRSchedule
 
 FEW = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "30", "--trainer.limit_val_batches", "2",
        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false")  # fmt: skip

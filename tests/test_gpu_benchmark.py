@@ -15,10 +15,10 @@ import pytest
 import torch
 from conftest import CONFIGS, MNIST_DIR, REPO, subprocess_env
 
+from mnist_lightning.callbacks import TrainTimer
 from mnist_lightning.cli import MNISTLightningCLI
 from mnist_lightning.data import DATA_DIR_ENV, RAW_FILES, raw_dir
 from mnist_lightning.models import SpeedrunCNN
-from mnist_lightning.timing import TrainTimer
 
 BENCHMARKS = REPO / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the scripts import their parts as siblings, as `python benchmarks/gpu.py` does

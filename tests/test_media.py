@@ -13,7 +13,8 @@ from tiny_models import TinyCNNClassifier
 from torch import Tensor
 from wandb_offline import read_run
 
-from mnist_lightning.media import MediaLogger, attention_figure
+from mnist_lightning.callbacks import MediaLogger
+from mnist_lightning.figures.training import attention_figure
 from mnist_lightning.models.vit import TransformerEncoderClassifier, TransformerEncoderViT
 from mnist_lightning.serving.export import export_model
 from mnist_lightning.serving.serve import class_token_attention

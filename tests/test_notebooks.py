@@ -13,7 +13,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from mnist_lightning.explore import BUDGET_ENV, fit_preset, latest_checkpoint, notebook_budget
+from mnist_lightning.notebook import BUDGET_ENV, fit_preset, latest_checkpoint, notebook_budget
 
 NOTEBOOKS = REPO / "notebooks"
 # notebook -> how many figure cells it has (cells tagged "figure": each must show at least one image/png)

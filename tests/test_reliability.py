@@ -24,7 +24,13 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import Logger
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
-from mnist_lightning.callbacks import PredictionWriter
+from mnist_lightning.callbacks import (
+    AtomicCheckpointIO,
+    FiniteLossGuard,
+    NonFiniteLossError,
+    PredictionWriter,
+    ResumableCheckpoint,
+)
 from mnist_lightning.checkpoints import find_last
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
 from mnist_lightning.cli.main import main
@@ -32,7 +38,6 @@ from mnist_lightning.cli.presets import resolve_preset_args
 from mnist_lightning.data import RAW_FILES, MNISTDataError, ensure_mnist, raw_dir, verify_raw_files
 from mnist_lightning.errors import ConfigError, OutputPathError
 from mnist_lightning.outputs import replace_atomically, write_atomically
-from mnist_lightning.reliability import AtomicCheckpointIO, FiniteLossGuard, NonFiniteLossError, ResumableCheckpoint
 
 TINY_MODEL = '''
 from torch import nn

@@ -17,13 +17,12 @@ from conftest import CONFIGS, REPO, subprocess_env
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
-from mnist_lightning.callbacks import PredictionWriter
+from mnist_lightning.callbacks import PredictionWriter, TrainTimer
 from mnist_lightning.cli import MNISTLightningCLI
 from mnist_lightning.cli.trainer_setup import PROGRESS_BAR_REFRESH_STEPS
 from mnist_lightning.data import EVAL_BATCH_SIZE
 from mnist_lightning.models import SpeedrunCNN
-from mnist_lightning.models.base import TrainingSums
-from mnist_lightning.timing import TrainTimer
+from mnist_lightning.models.metrics import TrainingSums
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from wandb_offline import OfflineRun, read_run
 
 from mnist_lightning import MNISTDataModule
+from mnist_lightning.callbacks import MediaLogger
 from mnist_lightning.checkpoints import RUN_ID_KEY, inspect_checkpoint
-from mnist_lightning.media import MediaLogger, attention_figure, confusion_matrix
+from mnist_lightning.figures.training import attention_figure, confusion_matrix
 from mnist_lightning.models.base import MNISTClassifier
 
 TINY = (

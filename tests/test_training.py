@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
-from mnist_lightning.models.base import OPTIMIZERS
+from mnist_lightning.models.schedules import OPTIMIZERS
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:

@@ -16,7 +16,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from mnist_lightning.callbacks import require_single_process
+from mnist_lightning.callbacks import RunLock, require_single_process
 from mnist_lightning.checkpoints import CheckpointInfo, check_model_fits
 from mnist_lightning.cli.ensembles import (
     add_ensemble_arguments,
@@ -33,7 +33,6 @@ from mnist_lightning.cli.trainer_setup import add_callback_arguments, drop_predi
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import DEBUG_ENV, ConfigError, innermost, one_line, user_error
 from mnist_lightning.models import MNISTClassifier
-from mnist_lightning.reliability import RunLock
 from mnist_lightning.tracking import SaveConfigToRun
 
 quiet_library_noise()

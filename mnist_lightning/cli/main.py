@@ -18,11 +18,11 @@ from typing import Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lightning import tuning
+from mnist_lightning.callbacks import interrupted_by
 from mnist_lightning.cli import commands
 from mnist_lightning.cli.lightning_cli import MNISTLightningCLI
 from mnist_lightning.cli.messages import PROG, OneLineArgumentParser, error_line, summarize_parse_error
 from mnist_lightning.errors import DEBUG_ENV, user_error
-from mnist_lightning.reliability import interrupted_by
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from mnist_lightning.callbacks import RunLock
 from mnist_lightning.checkpoints import CheckpointInfo
 from mnist_lightning.outputs import ensure_writable_folder
-from mnist_lightning.reliability import RunLock
 from mnist_lightning.runs import PROJECT_FOLDER, new_run_id, run_directory
 
 

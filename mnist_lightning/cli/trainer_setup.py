@@ -14,9 +14,13 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser
 
-from mnist_lightning.callbacks import PredictionWriter
-from mnist_lightning.media import MediaLogger
-from mnist_lightning.reliability import AtomicCheckpointIO, FiniteLossGuard, ResumableCheckpoint
+from mnist_lightning.callbacks import (
+    AtomicCheckpointIO,
+    FiniteLossGuard,
+    MediaLogger,
+    PredictionWriter,
+    ResumableCheckpoint,
+)
 from mnist_lightning.tracking import AutoWandbLogger, WatchHistograms
 
 # redrawing the bar every step costs more than a small MLP's step; a configured progress bar callback wins

@@ -20,7 +20,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning.data import MEAN, STD
 from mnist_lightning.errors import ConfigError
-from mnist_lightning.models.base import NUM_CLASSES, MNISTClassifier, SampleMean
+from mnist_lightning.models.base import NUM_CLASSES, MNISTClassifier
+from mnist_lightning.models.metrics import SampleMean
 
 # (rows, columns) shifts of the test-time views, in the order they are added: the image itself, then one pixel
 # up/down/left/right, then the diagonals. No flips or large rotations: a mirrored 2 is not a 2, a turned 6 is a 9.

@@ -32,7 +32,7 @@ from mnist_lightning.evaluation.robustness import SHIFT_IMAGES, robustness, shif
 from mnist_lightning.evaluation.wandb_run import log_to_wandb
 from mnist_lightning.figures import save_png
 from mnist_lightning.figures.evaluation import ReliabilityPanel, mistakes_figure, reliability_figure, robustness_figure
-from mnist_lightning.media import confusion_matrix_figure
+from mnist_lightning.figures.training import confusion_matrix_figure
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.outputs import ensure_writable_folder, write_atomically
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mnist_lightning.data.transforms import SHIFTS
 from mnist_lightning.evaluation.calibration import CALIBRATION_BINS, reliability_bins
-from mnist_lightning.media import digit_grid
+from mnist_lightning.figures.digits import digit_grid
 
 
 def robustness_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], dashed: Collection[str] = ()) -> Figure:

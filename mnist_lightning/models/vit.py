@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -24,6 +26,12 @@ def check_patch_size(patch_size: int) -> int:
             f"patch_size={patch_size} does not divide the {IMAGE_SIDE}-pixel image side; choose one of {divisors}"
         )
     return (IMAGE_SIDE // patch_size) ** 2
+
+
+def network_settings(network: type[nn.Module], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The classifier's ``settings`` (its hparams) that ``network``'s constructor takes: the classifier holds their
+    defaults and documentation, the network only uses them."""
+    return {name: settings[name] for name in inspect.signature(network).parameters}
 
 
 class PatchEmbedding(nn.Module):
@@ -99,28 +107,21 @@ class TransformerBlock(nn.Module):
 class ViT(nn.Module):
     """Patch embedding, ``depth`` pre-norm transformer blocks, LayerNorm and a linear classifier on the class token.
 
-    Args:
-        patch_size: side of the square patches; must divide 28.
-        dim: token width.
-        depth: number of transformer blocks.
-        heads: attention heads per block.
-        head_dim: width of each head (heads are concatenated to ``heads * head_dim`` and projected back to ``dim``).
-        mlp_dim: hidden width of each block's MLP.
-        dropout: dropout on attention probabilities and after each block's MLP layers.
-        activation: ``relu`` or ``gelu`` inside each block's MLP.
+    The settings (and their defaults) are :class:`ViTClassifier`'s; the heads are concatenated to
+    ``heads * head_dim`` and projected back to ``dim``.
     """
 
     def __init__(
         self,
         *,
-        patch_size: int = 7,
-        dim: int = 64,
-        depth: int = 6,
-        heads: int = 8,
-        head_dim: int = 64,
-        mlp_dim: int = 128,
-        dropout: float = 0.0,
-        activation: Literal["relu", "gelu"] = "relu",
+        patch_size: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        head_dim: int,
+        mlp_dim: int,
+        dropout: float,
+        activation: str,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -176,16 +177,7 @@ class ViTClassifier(MNISTClassifier):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.net = ViT(
-            patch_size=patch_size,
-            dim=dim,
-            depth=depth,
-            heads=heads,
-            head_dim=head_dim,
-            mlp_dim=mlp_dim,
-            dropout=dropout,
-            activation=activation,
-        )
+        self.net = ViT(**network_settings(ViT, self.hparams))
 
     @torch.no_grad()
     def attention_maps(self, images: Tensor) -> Tensor:
@@ -194,12 +186,13 @@ class ViTClassifier(MNISTClassifier):
         Each row (a query token) is a softmax over the key tokens; token 0 is the class token. Call ``eval()``
         first when dropout is set, so the maps are the ones used at test time.
         """
-        _, maps = self.net(images.to(self.device), return_attention=True)
+        _, maps = self.predicting_net(images.to(self.device), return_attention=True)
         return maps
 
 
 class TransformerEncoderViT(nn.Module):
-    """Patch embedding, torch's ``nn.TransformerEncoder`` (batch first) and a head on the class token.
+    """Patch embedding, torch's ``nn.TransformerEncoder`` (batch first) and a head on the class token; the settings
+    (and their defaults) are :class:`TransformerEncoderClassifier`'s.
 
     The head is ``dim → head_sizes[0] → ... → head_sizes[-1] → tanh → 10``: as in the notebook this comes from,
     the only nonlinearity of the head is the tanh after its last hidden layer.
@@ -208,15 +201,15 @@ class TransformerEncoderViT(nn.Module):
     def __init__(
         self,
         *,
-        patch_size: int = 7,
-        dim: int = 64,
-        depth: int = 4,
-        heads: int = 8,
-        feedforward_dim: int = 3000,
-        dropout: float = 0.1,
-        activation: Literal["relu", "gelu"] = "gelu",
-        norm_first: bool = False,
-        head_sizes: list[int] | None = None,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        feedforward_dim: int,
+        dropout: float,
+        activation: str,
+        norm_first: bool,
+        head_sizes: list[int],
     ) -> None:
         super().__init__()
         self.embedding = PatchEmbedding(patch_size=patch_size, dim=dim)
@@ -232,7 +225,7 @@ class TransformerEncoderViT(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers=depth, enable_nested_tensor=False)
         head: list[nn.Module] = []
         width = dim
-        for size in [250, 100] if head_sizes is None else head_sizes:
+        for size in head_sizes:
             head.append(nn.Linear(width, size))
             width = size
         head += [nn.Tanh(), nn.Linear(width, NUM_CLASSES)]
@@ -307,17 +300,8 @@ class TransformerEncoderClassifier(MNISTClassifier):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.net = TransformerEncoderViT(
-            patch_size=patch_size,
-            dim=dim,
-            depth=depth,
-            heads=heads,
-            feedforward_dim=feedforward_dim,
-            dropout=dropout,
-            activation=activation,
-            norm_first=norm_first,
-            head_sizes=head_sizes,
-        )
+        settings = network_settings(TransformerEncoderViT, self.hparams)
+        self.net = TransformerEncoderViT(**settings | {"head_sizes": [250, 100] if head_sizes is None else head_sizes})
 
     @torch.no_grad()
     def attention_maps(self, images: Tensor) -> Tensor:
@@ -327,4 +311,4 @@ class TransformerEncoderClassifier(MNISTClassifier):
         tokens and token 0 is the class token. Call ``eval()`` first when dropout is set (the default 0.1): in
         training mode the weights are the dropped-out ones.
         """
-        return self.net.attention_maps(images.to(self.device))
+        return self.predicting_net.attention_maps(images.to(self.device))

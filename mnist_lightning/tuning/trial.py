@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import WandbLogger
 
+from mnist_lightning.callbacks import NonFiniteLossError, RunLock
 from mnist_lightning.cli import MNISTLightningCLI
 from mnist_lightning.cli.messages import summarize_parse_error
 from mnist_lightning.errors import DEBUG_ENV, ConfigError, MNISTLightningError, one_line
-from mnist_lightning.reliability import NonFiniteLossError, RunLock
 from mnist_lightning.tuning.space import SearchSpace
 from mnist_lightning.tuning.study import Heartbeat, JournalStudy
 

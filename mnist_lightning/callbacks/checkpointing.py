@@ -1,19 +1,18 @@
-"""Training that survives interruptions and never trains on silently after the loss turned NaN."""
+"""Training that survives interruptions: checkpoints that are never half-written, ``last.ckpt`` refreshed within
+an epoch and saved on SIGTERM or Ctrl+C, and one process at a time per run folder."""
 
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import lightning as L
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -129,7 +128,10 @@ class ResumableCheckpoint(ModelCheckpoint):
             and trainer.global_step % every == 0
             and not self._should_skip_saving_checkpoint(trainer)
         ):
-            # not counted as this step's save: the validation at the end of an epoch must still save best and last
+            # Lightning has no public "save last.ckpt now": these are ModelCheckpoint's private
+            # _should_skip_saving_checkpoint, _save_last_checkpoint, _monitor_candidates and _last_global_step_saved,
+            # each guarded by tests/test_train_canaries.py. Not counted as this step's save: the validation at the end
+            # of an epoch must still save best and last
             already_saved = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._last_global_step_saved = already_saved
@@ -151,70 +153,3 @@ class ResumableCheckpoint(ModelCheckpoint):
                 f"saved {self.last_model_path}; continue with the same command plus --ckpt_path last",
                 file=sys.stderr,
             )
-
-
-class NonFiniteLossError(MNISTLightningError, ValueError):
-    """The training loss became NaN or infinite."""
-
-
-class FiniteLossGuard(Callback):
-    """Stops training with :class:`NonFiniteLossError` once the training loss is NaN or infinite.
-
-    The losses stay on the device and are checked together every ``check_every_n_steps`` steps and at the end of
-    each epoch (every step on the CPU, where checking costs nothing): one synchronization per check, and the
-    message still names the exact step where the loss first went bad.
-
-    Args:
-        check_every_n_steps: how many steps the losses are collected on an accelerator before they are checked.
-    """
-
-    def __init__(self, *, check_every_n_steps: int = 50) -> None:
-        if check_every_n_steps < 1:
-            raise ConfigError(f"check_every_n_steps must be at least 1, got {check_every_n_steps}; try 50")
-        self.check_every_n_steps = check_every_n_steps
-        self.losses: list[torch.Tensor] = []
-        self.where: list[tuple[int, int, int]] = []  # (global step, epoch, batch index) of each collected loss
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if not isinstance(loss, torch.Tensor):
-            return
-        where = (trainer.global_step, trainer.current_epoch, batch_idx)
-        if loss.device.type == "cpu":
-            # reading a CPU loss costs nothing; collecting and stacking it would cost ~40 µs a step
-            value = loss.item()
-            if not math.isfinite(value):
-                self.stop(trainer, value, where)
-            return
-        self.losses.append(loss.detach().float().reshape(()))
-        self.where.append(where)
-        if len(self.losses) >= self.check_every_n_steps:
-            self.check(trainer)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.check(trainer)
-
-    def check(self, trainer: L.Trainer) -> None:
-        """Raise :class:`NonFiniteLossError` if one of the losses collected since the last check is not finite."""
-        if not self.losses:
-            return
-        losses, where = torch.stack(self.losses), self.where
-        self.losses, self.where = [], []
-        finite = torch.isfinite(losses)
-        if bool(finite.all()):
-            return
-        first = int((~finite).nonzero()[0, 0])
-        self.stop(trainer, losses[first].item(), where[first])
-
-    @staticmethod
-    def stop(trainer: L.Trainer, value: float, where: tuple[int, int, int]) -> NoReturn:
-        """Raise :class:`NonFiniteLossError` for the loss ``value`` seen at (global step, epoch, batch index)."""
-        step, epoch, batch_idx = where
-        lr = getattr(trainer.lightning_module.hparams, "lr", None)
-        hint = f"lower the learning rate (model.lr={lr:g})" if lr is not None else "lower the learning rate"
-        raise NonFiniteLossError(
-            f"training loss became {value} at step {step} (epoch {epoch}, batch {batch_idx}) and "
-            f"training was stopped; {hint}, or add gradient clipping (--trainer.gradient_clip_val 1.0)"
-        )

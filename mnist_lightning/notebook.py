@@ -21,6 +21,7 @@ from mnist_lightning.checkpoints import load_classifier as load_checked_classifi
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
 from mnist_lightning.data import MNISTDataModule, normalize_uint8
 from mnist_lightning.errors import ConfigError
+from mnist_lightning.figures.digits import digit_grid
 from mnist_lightning.models.base import MNISTClassifier
 
 BUDGET_ENV = "MNIST_LIGHTNING_NOTEBOOK_BUDGET"
@@ -154,15 +155,7 @@ def plot_digits(
     title: str | None = None,
     colors: Sequence[str] | None = None,
 ) -> Figure:
-    """A grid of 28×28 images (uint8 or float, ``(N, 28, 28)``), each with its own title (and title color)."""
-    rows = (len(images) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.5 * rows + (0.4 if title else 0)))
-    for i, axis in enumerate(axes.flat if hasattr(axes, "flat") else [axes]):
-        axis.axis("off")
-        if i < len(images):
-            axis.imshow(images[i].cpu(), cmap="gray_r")
-            axis.set_title(titles[i], fontsize=9, color=colors[i] if colors else "black")
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    return figure
+    """A grid of 28×28 images (uint8 or float, ``(N, 28, 28)``), each with its own title (and title color): the
+    training media's :func:`~mnist_lightning.figures.digits.digit_grid`, dark ink on white, as a pyplot figure
+    (``plt.show()`` shows it)."""
+    return digit_grid(images, titles, colors, ncols=columns, title=title or "", cmap="gray_r", new_figure=plt.figure)

@@ -1,4 +1,4 @@
-"""Callbacks the CLI adds to every run."""
+"""What ``predict`` writes: the predictions as CSV, from one process."""
 
 from __future__ import annotations
 
