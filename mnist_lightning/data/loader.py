@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 from torch import Tensor
 
 
+@dataclass(eq=False)
 class ShardedBatchOrder:
     """Batches of indices for one process and one epoch: seeded by (seed, epoch), split across ranks.
 
@@ -18,16 +20,13 @@ class ShardedBatchOrder:
     get the same number of batches and together see every index exactly once per epoch.
     """
 
-    def __init__(
-        self, num_samples: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1
-    ) -> None:
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
+    num_samples: int
+    batch_size: int
+    shuffle: bool
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = field(default=0, init=False)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
