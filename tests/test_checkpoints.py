@@ -31,11 +31,11 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """Run A under ./runs (W&B, width 32, 5,000 validation images, its validation cut to 4 batches) and run B
     under ./out (no logger, width 16, 700 validation images, validated whole); A's last.ckpt is the newest."""
     folder = tmp_path_factory.mktemp("two_runs")
-    cwd = Path.cwd()
-    os.chdir(folder)
-    try:
-        os.environ["MNIST_LIGHTNING_DATA_DIR"] = str(mnist_dir)
-        os.environ["WANDB_MODE"] = "offline"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MNIST_LIGHTNING_DATA_DIR", str(mnist_dir))
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
         run_cli(
             "fit", "--model", "MLPClassifier", "--model.hidden_sizes", "[16]", "--data.val_size", "700",
             "--trainer.default_root_dir=out", "--trainer.logger", "false", *FAST,
@@ -44,8 +44,6 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
             "fit", "--model", "MLPClassifier", "--model.hidden_sizes", "[32]", "--trainer.limit_val_batches", "4",
             *FAST,
         )  # fmt: skip
-    finally:
-        os.chdir(cwd)
     newest = only_checkpoint(folder / "runs", "last.ckpt")
     os.utime(newest, (newest.stat().st_mtime + 60,) * 2)
     return folder
