@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from conftest import MNIST_DIR, run_cli
+from conftest import MNIST_DIR, run_cli, run_console_script
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import Logger
 
@@ -238,7 +238,7 @@ def test_bad_input_through_the_console_script(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     extra = set_up(kind, isolated, mlp_checkpoint, monkeypatch)
-    result = run_cli(*args, *extra, check=False)
+    result = run_console_script(*args, *extra, check=False)
     assert result.returncode != 0
     assert_one_clear_line(result.stderr, expected, isolated)
 
