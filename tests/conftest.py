@@ -17,6 +17,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import background  # noqa: E402
 import pytest  # noqa: E402
 from in_process import ProcessState, run_in_process  # noqa: E402
 
@@ -41,6 +42,16 @@ def _find_mnist() -> Path:
 
 
 MNIST_DIR = _find_mnist()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the background jobs (benchmark scripts, notebooks) of the selected tests: see background.py."""
+    if not session.config.option.collectonly:
+        background.start_for(((item.path.name, item.name) for item in session.items), MNIST_DIR)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    background.JOBS.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import CONFIGS, MNIST_DIR, REPO, subprocess_env
+from background import JOBS, gpu_tiny_job
+from conftest import CONFIGS, REPO
 
 from mnist_lightning.cli import MNISTLightningCLI
-from mnist_lightning.data import DATA_DIR_ENV, RAW_FILES, raw_dir
+from mnist_lightning.data import RAW_FILES, raw_dir
 from mnist_lightning.models import SpeedrunCNN
 from mnist_lightning.timing import TrainTimer
 
@@ -37,22 +38,12 @@ class FakeClock:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str], float]:
-    """One ``gpu.py --tiny`` run for the tests below (the committed tables' modification time before it)."""
-    out = tmp_path_factory.mktemp("gpu") / "tmp"
-    committed = REPO / "benchmarks" / "results.json"
-    before = committed.stat().st_mtime
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--tiny", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        # a module fixture starts before the `isolated` fixture has set the environment up
-        env={**subprocess_env(), DATA_DIR_ENV: str(MNIST_DIR), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"},
-        cwd=tmp_path_factory.mktemp("cwd"),
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out, result, before
+def tiny_run(mnist_dir: Path) -> tuple[Path, subprocess.CompletedProcess[str], float]:
+    """One ``gpu.py --tiny`` run for the tests below (the committed tables' modification time before it); it runs
+    in the background from the session's start (tests/background.py), from an empty folder."""
+    job = JOBS.wait("gpu_tiny", lambda root: gpu_tiny_job(root, mnist_dir))
+    assert job.result.returncode == 0, job.result.stdout[-3000:] + job.result.stderr[-3000:]
+    return job.folder / "out", job.result, job.before["results_mtime"]
 
 
 def test_tiny_mode_writes_every_table_with_hardware_versions_and_date(tiny_run) -> None:

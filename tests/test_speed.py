@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from background import JOBS, speed_tiny_job
+from conftest import CONFIGS
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
@@ -224,14 +223,10 @@ def test_speedrun_preset_builds_the_speedrun_network() -> None:
     assert cli.model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
-def test_benchmark_tiny_mode_writes_its_table(tmp_path: Path) -> None:
-    out = tmp_path / "bench"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--tiny", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+def test_benchmark_tiny_mode_writes_its_table(mnist_dir: Path) -> None:
+    # `python benchmarks/speed.py --tiny --out <folder>`, in the background from the session's start
+    job = JOBS.wait("speed_tiny", lambda root: speed_tiny_job(root, mnist_dir))
+    result, out = job.result, job.folder / "out"
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "speed.json").read_text())
     table = (out / "speed.md").read_text()
