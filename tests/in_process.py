@@ -12,8 +12,9 @@ command shares the interpreter with every test before and after it. What differs
   (each once per place, as in a new process);
 - state a command leaves: environment variables (wandb's ``WANDB_SERVICE``, Lightning's ``PL_GLOBAL_SEED``), an
   open W&B run and wandb's service (ended as a process exit ends them), signal handlers, torch's global settings
-  and random states, logging levels/handlers/filters, ``sys.argv``, the working folder, ``sys.path``, modules
-  imported from outside the installed packages, Lightning's once-per-process warning caches.
+  and random states, logging levels/handlers/filters (wandb leaves its run's log file attached), ``sys.argv``, the
+  working folder, ``sys.path``, modules imported from a temporary folder, Lightning's once-per-process warning
+  caches, and the ``flock`` of a run folder (a process's locks end with it; a command in this process must let go).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ PYTHON_DEFAULT_FILTERS = [
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGCHLD]
 INSTALLED = tuple(str(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
 REPO = str(Path(__file__).resolve().parents[1])
+TEMPORARY = str(Path(tempfile.gettempdir()).resolve())
 
 
 def _process_warnings(package_filters: list[tuple]) -> None:
@@ -214,10 +216,10 @@ class ProcessState:
                 os.environ[key] = value
         sys.argv[:] = self.argv
         sys.path[:] = self.path
-        # modules imported from a test's folder (a user's model file there): a new process would import them anew
+        # modules imported from a test's temporary folder (a user's model file there): a new process imports them anew
         for name in set(sys.modules) - self.modules:
             file = getattr(sys.modules.get(name), "__file__", None) or ""
-            if file and not file.startswith((*INSTALLED, REPO)):
+            if file.startswith(TEMPORARY) and not file.startswith((*INSTALLED, REPO)):
                 del sys.modules[name]
         with contextlib.suppress(FileNotFoundError):
             os.chdir(self.cwd)
@@ -242,9 +244,6 @@ class ProcessState:
             logger.disabled, logger.propagate = disabled, propagate
             logger.handlers[:] = handlers
             logger.filters[:] = filters
-        for logger in _all_loggers():
-            if logger.name not in self.logging and logger.handlers:
-                logger.handlers.clear()  # loggers first made by the command: no handler outlives it
         logging.disable(self.logging_disabled)
 
 
