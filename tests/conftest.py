@@ -107,10 +107,22 @@ def subprocess_env() -> dict[str, str]:
 
 def start_console_script(*args: str, **popen: object) -> subprocess.Popen[str]:
     """The installed ``mnist-lightning`` console script as a new process in its own process group (so that ending
-    the group also ends what it started, e.g. the other DDP ranks); stdout and stderr are pipes unless given."""
+    the group also ends what it started, e.g. the other DDP ranks); stdout and stderr are pipes unless given.
+
+    It starts with Ctrl+C (SIGINT) at its default, as from a terminal, even when this test session ignores SIGINT:
+    a session started as a background job of a non-interactive shell (``pytest ... &`` in a script) ignores it, and
+    a process inherits an ignored signal, so a Ctrl+C test would wait for a fit that never hears it.
+    """
     options: dict[str, object] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     options |= {"env": subprocess_env(), "start_new_session": True} | popen
-    return subprocess.Popen([str(CONSOLE_SCRIPT), *args], **options)  # type: ignore[call-overload]
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:  # a handled signal is back at its default in the new program; an ignored one stays ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([str(CONSOLE_SCRIPT), *args], **options)  # type: ignore[call-overload]
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_console_script(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
