@@ -62,6 +62,8 @@ def job_environment(folder: Path, **extra: str) -> dict[str, str]:
     """The environment the tests give a command (see conftest.isolated): wandb offline, its files in ``folder``."""
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SERVICE", "WANDB_API_KEY", "MNIST_LIGHTNING_DEBUG")}
     env |= {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    # one thread: a job shares the cores with the test process (its tiny runs are checks, never measurements)
+    env["OMP_NUM_THREADS"] = "1"
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         (folder / ".wandb" / var.lower()).mkdir(parents=True, exist_ok=True)
         env[var] = str(folder / ".wandb" / var.lower())
@@ -72,8 +74,9 @@ def notebook_job(name: str, root: Path, mnist_dir: Path) -> Job:
     """``notebooks/<name>`` run top to bottom in a fresh kernel with the CI budget (see run_notebook.py)."""
     folder = root / name.removesuffix(".ipynb")
     folder.mkdir(parents=True)
-    # one thread: on a busy 2-core machine two competing threads make the tiny CI-budget steps many times slower
-    env = job_environment(folder, MNIST_LIGHTNING_NOTEBOOK_BUDGET="ci", OMP_NUM_THREADS="1")
+    # (one thread, see job_environment: on a busy 2-core machine two competing threads make the tiny CI-budget
+    # steps many times slower)
+    env = job_environment(folder, MNIST_LIGHTNING_NOTEBOOK_BUDGET="ci")
     env["MNIST_LIGHTNING_DATA_DIR"] = str(mnist_dir)
     command = [sys.executable, str(TESTS / "run_notebook.py"), str(NOTEBOOKS / name), str(folder / "executed.ipynb")]
     return Job(name, command, env, folder, timeout=1800)
