@@ -21,7 +21,10 @@ TINY = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--tr
 def test_the_runner_shows_what_the_console_script_shows(isolated: Path) -> None:
     for args in (["fit", "--model", "MLPClassifier", "--model.lr", "-1"], ["test", "--help"]):
         here, there = run_cli(*args, check=False), run_console_script(*args, check=False)
-        assert (here.returncode, here.stdout, here.stderr) == (there.returncode, there.stdout, there.stderr), args
+        assert (here.returncode, here.stdout) == (there.returncode, there.stdout), args
+        # the same lines, in the same order (a new process may also show a library's warnings when it imports it)
+        mine, its = here.stderr.splitlines(), there.stderr.splitlines()
+        assert [line for line in its if line in mine] == mine, (mine, its)
 
 
 def test_a_command_leaves_the_test_process_as_it_found_it(isolated: Path) -> None:
