@@ -25,6 +25,7 @@ def test_the_runner_shows_what_the_console_script_shows(isolated: Path) -> None:
         # the same lines, in the same order (a new process may also show a library's warnings when it imports it)
         mine, its = here.stderr.splitlines(), there.stderr.splitlines()
         assert [line for line in its if line in mine] == mine, (mine, its)
+        assert here.returncode == 0 or "mnist-lightning: error: lr must be positive" in here.stderr
 
 
 def test_a_command_leaves_the_test_process_as_it_found_it(isolated: Path) -> None:
