@@ -1,20 +1,34 @@
-"""Shared fixtures: the real MNIST copy, wandb offline in a temporary folder, a fresh working directory."""
+"""Shared fixtures: the real MNIST copy, wandb offline in a temporary folder, a fresh working directory, and the two
+ways of running the command: in this process (:func:`run_cli`) or as the installed console script in a new process
+(:func:`run_console_script`)."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
+import warnings
 
-import pytest
+# the warning filters the package (and the libraries it imports) add when imported: a fresh process has these and
+# Python's defaults, but not pytest's (taken before anything heavy is imported; see process_warnings below)
+_FILTERS_BEFORE_IMPORTS = list(warnings.filters)
 
-from mnist_lightning.data import DATA_DIR_ENV, RAW_FILES, raw_dir
+import os  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import background  # noqa: E402
+import pytest  # noqa: E402
+from in_process import ProcessState, run_in_process  # noqa: E402
+from mnist_lightning.entry import main as console_main  # noqa: E402  THE one import of the console entry point
+
+from mnist_lightning.data import DATA_DIR_ENV, RAW_FILES, raw_dir  # noqa: E402
+
+PACKAGE_WARNING_FILTERS = [f for f in warnings.filters if f not in _FILTERS_BEFORE_IMPORTS]
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+CONSOLE_SCRIPT = Path(sys.executable).with_name("mnist-lightning")
 
 
 def _find_mnist() -> Path:
@@ -28,6 +42,16 @@ def _find_mnist() -> Path:
 
 
 MNIST_DIR = _find_mnist()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the background jobs (benchmark scripts, notebooks) of the selected tests: see background.py."""
+    if not session.config.option.collectonly:
+        background.start_for(((item.path.name, item.name) for item in session.items), MNIST_DIR)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    background.JOBS.stop()
 
 
 @pytest.fixture(scope="session")
@@ -53,24 +77,57 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(autouse=True)
+def process_state() -> object:
+    """Whatever a test changes of this process's global state (environment, signal handlers, torch settings,
+    logging, a W&B run left open) is put back after it, so that the next test starts as the first did."""
+    with ProcessState() as state:
+        yield state
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``mnist-lightning *args`` in this process, as the console script would run it in a new one.
+
+    The command sees the arguments in ``sys.argv``; its output is captured at the file descriptors (so Lightning's
+    log lines and tqdm reach it too); warnings are shown as a fresh process shows them; ``SystemExit`` becomes the
+    return code and an escaped exception is code 1 with its traceback in stderr. Everything the command changed in
+    this process is put back afterwards. Use :func:`run_console_script` where the process itself is the point.
+    """
+    result = run_in_process(console_main, [str(CONSOLE_SCRIPT), *args], PACKAGE_WARNING_FILTERS)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mnist-lightning {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
 def subprocess_env() -> dict[str, str]:
     """The test's environment without ``WANDB_SERVICE``: a wandb run made inside the pytest process leaves it set,
     and a child process would then hand its run to the parent's wandb service instead of writing it itself."""
     return {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
 
 
-def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``mnist-lightning`` console script in the current folder."""
-    exe = Path(sys.executable).with_name("mnist-lightning")
-    # its own process group, so that a timeout also ends the processes it started (the other DDP ranks)
-    with subprocess.Popen(
-        [str(exe), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-        start_new_session=True,
-    ) as process:
+def start_console_script(*args: str, **popen: object) -> subprocess.Popen[str]:
+    """The installed ``mnist-lightning`` console script as a new process in its own process group (so that ending
+    the group also ends what it started, e.g. the other DDP ranks); stdout and stderr are pipes unless given.
+
+    It starts with Ctrl+C (SIGINT) at its default, as from a terminal, even when this test session ignores SIGINT:
+    a session started as a background job of a non-interactive shell (``pytest ... &`` in a script) ignores it, and
+    a process inherits an ignored signal, so a Ctrl+C test would wait for a fit that never hears it.
+    """
+    options: dict[str, object] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    options |= {"env": subprocess_env(), "start_new_session": True} | popen
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:  # a handled signal is back at its default in the new program; an ignored one stays ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([str(CONSOLE_SCRIPT), *args], **options)  # type: ignore[call-overload]
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_console_script(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``mnist-lightning`` console script as a new process in the current folder."""
+    with start_console_script(*args) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -1,4 +1,7 @@
-"""The ``mnist-lightning`` console script end to end: fit, validate, test, predict, and its error lines."""
+"""The ``mnist-lightning`` console script end to end: fit, validate, test, predict, and its error lines.
+
+The first test runs the installed console script as new processes, as a user does; the others run the same command
+in the test process (``run_cli``), which shows the same output and exit codes without a new process's start-up."""
 
 from __future__ import annotations
 
@@ -7,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, metric, run_cli
+from conftest import CONFIGS, metric, run_cli, run_console_script
 from wandb_offline import read_run
 
 
 def test_fit_test_predict_validate_through_the_console_script(isolated: Path) -> None:
-    run_cli("fit", "--config", str(CONFIGS / "mlp_128_64.yaml"), "--trainer.max_epochs", "1")
+    run_console_script("fit", "--config", str(CONFIGS / "mlp_128_64.yaml"), "--trainer.max_epochs", "1")
     (run_dir,) = (isolated / "runs" / "mnist-lightning").iterdir()
     (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -27,13 +30,13 @@ def test_fit_test_predict_validate_through_the_console_script(isolated: Path) ->
     assert run.config["data"]["batch_size"] == 64
     assert len(run.metric("val/acc")) == 1 and run.metric("train/loss")
 
-    tested = run_cli("test", "--ckpt_path", str(best))
+    tested = run_console_script("test", "--ckpt_path", str(best))
     assert metric(tested.stdout, "test/acc") >= 0.95
 
-    validated = run_cli("validate", "--ckpt_path", str(best))
+    validated = run_console_script("validate", "--ckpt_path", str(best))
     assert metric(validated.stdout, "val/acc") == pytest.approx(float(best.stem.split("val_acc")[1]), abs=1e-4)
 
-    predicted = run_cli("predict", "--ckpt_path", str(best), "--predictions.output", "out/preds.csv")
+    predicted = run_console_script("predict", "--ckpt_path", str(best), "--predictions.output", "out/preds.csv")
     out = isolated / "runs" / "out" / "preds.csv"
     assert str(out.relative_to(isolated)) in predicted.stderr
     rows = list(csv.DictReader(out.open()))

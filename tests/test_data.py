@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import lightning as L
@@ -245,19 +244,18 @@ def test_a_failed_download_names_the_missing_files(
     folder.mkdir(parents=True)
     for name in list(RAW_FILES)[:present]:
         (folder / name).symlink_to(raw_dir(mnist_dir) / name)
-    start = time.perf_counter()
     with pytest.raises(MNISTDataError) as info:
         ensure_mnist(tmp_path / "data")
-    assert time.perf_counter() - start < 30  # a refused connection, not a network timeout
     message = str(info.value)
     missing = list(RAW_FILES)[present:]
     assert f"MNIST files missing in {folder}: {', '.join(missing)}, and the download failed" in message
+    # a refused connection, not a network timeout
     assert "Connection refused" in message and "--data.data_dir" in message and "\n" not in message
     assert sorted(p.name for p in folder.iterdir()) == sorted(list(RAW_FILES)[:present])  # nothing left behind
 
 
 def test_the_cli_names_the_files_a_failed_download_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the console script runs in its own process: a proxy on a closed port makes every download fail at once
+    # a proxy on a closed port makes every download fail at once (the command reads the proxy settings anew)
     proxy = f"http://127.0.0.1:{closed_port()}"
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.setenv(var, proxy)

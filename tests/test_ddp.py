@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, metric, run_cli
+from conftest import CONFIGS, REPO, metric, run_cli, run_console_script
 from lightning.pytorch.strategies import DDPStrategy
 from wandb_offline import read_run
 
@@ -35,9 +35,10 @@ def free_port() -> str:
 
 
 def run_ddp(monkeypatch: pytest.MonkeyPatch, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the console script with 2 DDP processes on a free port."""
+    """Run the console script with 2 DDP processes on a free port (a new process: Lightning starts the second rank
+    by running the first one's command line again)."""
     monkeypatch.setenv("MASTER_PORT", free_port())
-    result = run_cli(*args, *TWO_CPU_PROCESSES, "--trainer.enable_progress_bar", "false", timeout=TIMEOUT)
+    result = run_console_script(*args, *TWO_CPU_PROCESSES, "--trainer.enable_progress_bar", "false", timeout=TIMEOUT)
     assert "MEMBER: 2/2" in result.stdout + result.stderr, "the second process did not start"
     return result
 
@@ -91,7 +92,7 @@ def test_ddp_fit_shards_the_epoch_and_evaluates_whole_splits(isolated: Path, mon
     # test/acc: 2 processes, then one process, of the same checkpoint
     last = run_dir / "checkpoints" / "last.ckpt"
     ddp_test = run_ddp(monkeypatch, "test", "--ckpt_path", str(last), "--trainer.logger", "false").stdout
-    single_test = run_cli("test", "--ckpt_path", str(last), "--trainer.logger", "false", timeout=TIMEOUT).stdout
+    single_test = run_cli("test", "--ckpt_path", str(last), "--trainer.logger", "false").stdout
     assert round(metric(ddp_test, "test/acc"), 4) == round(metric(single_test, "test/acc"), 4) > 0.9
     assert len(list((isolated / "runs" / "wandb").glob("*run-*"))) == 1
 

@@ -8,14 +8,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
-from conftest import CONFIGS, run_cli, subprocess_env
+from conftest import CONFIGS, run_cli, start_console_script, subprocess_env
 
 from mnist_lightning.checkpoints import find_last
 
@@ -63,10 +64,10 @@ def mounted(tmp_path: Path) -> Iterator[callable]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     folder = tmp_path_factory.mktemp("trained")
-    env = subprocess_env() | {"MNIST_LIGHTNING_DATA_DIR": str(mnist_dir), "WANDB_MODE": "offline"}
-    exe = Path(sys.executable).with_name("mnist-lightning")
-    subprocess.run([str(exe), "fit", *LINEAR, *TINY, "--trainer.logger", "false"], cwd=folder, env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MNIST_LIGHTNING_DATA_DIR", str(mnist_dir))
+        run_cli("fit", *LINEAR, *TINY, "--trainer.logger", "false")
     return next(folder.rglob("best-*.ckpt"))
 
 
@@ -183,12 +184,9 @@ def test_a_yaml_syntax_error_names_the_file_and_the_line(isolated: Path, text: s
 # --- concurrency -----------------------------------------------------------------------------------------------------
 
 
-def start_fit(folder: Path, *args: str) -> subprocess.Popen[str]:
-    exe = Path(sys.executable).with_name("mnist-lightning")
-    return subprocess.Popen(
-        [str(exe), "fit", *LINEAR, "--trainer.enable_progress_bar", "false", *args],
-        cwd=folder, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+def start_fit(folder: Path, *args: str, **popen: object) -> subprocess.Popen[str]:
+    """``mnist-lightning fit`` of the linear preset as its own process in ``folder``."""
+    return start_console_script("fit", *LINEAR, "--trainer.enable_progress_bar", "false", *args, cwd=folder, **popen)
 
 
 def test_two_fits_at_once_without_a_logger_get_their_own_folders(isolated: Path) -> None:
@@ -224,7 +222,7 @@ def test_a_run_being_continued_elsewhere_is_refused_and_a_killed_one_frees_it(is
     longer = ("--trainer.max_epochs", "50", "--trainer.limit_train_batches", "50", "--ckpt_path", "last")
     first = start_fit(isolated, *longer)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600  # generous: a busy machine starts processes slowly
         while not lock_is_held(run_dir) and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.1)
         assert lock_is_held(run_dir), "the first fit never took the run"
@@ -235,9 +233,10 @@ def test_a_run_being_continued_elsewhere_is_refused_and_a_killed_one_frees_it(is
         first.communicate()
     wandb_runs = list((isolated / "runs" / "wandb").glob(f"offline-run-*-{run_dir.name}"))
     assert len(wandb_runs) == 2  # the first run and its continuation, none for the refused one
-    # the lock did not stick; 51 epochs is past wherever the killed fit got to (at most 50)
+    # the lock did not stick: the run goes on, for a few epochs past wherever the killed fit had saved it
+    more = str(torch.load(find_last(run_dir), weights_only=True)["epoch"] + 3)
     run_cli(
-        "fit", *LINEAR, *TINY, "--trainer.max_epochs", "51", "--trainer.limit_val_batches", "1", "--ckpt_path", "last"
+        "fit", *LINEAR, *TINY, "--trainer.max_epochs", more, "--trainer.limit_val_batches", "1", "--ckpt_path", "last"
     )
     # a run cannot be continued to fewer epochs than it has: one line, before W&B resumes it once more
     line = one_error_line(
@@ -251,17 +250,47 @@ def test_a_run_being_continued_elsewhere_is_refused_and_a_killed_one_frees_it(is
 # --- Ctrl+C ----------------------------------------------------------------------------------------------------------
 
 
+def drain(stream: IO[str], into: list[str]) -> threading.Thread:
+    """Read ``stream`` to its end in the background, so that a full pipe never stops the process writing it."""
+    reader = threading.Thread(target=lambda: into.extend(iter(stream.readline, "")), daemon=True)
+    reader.start()
+    return reader
+
+
 def test_ctrl_c_saves_and_exits_130(isolated: Path) -> None:
+    # PYTHONFAULTHANDLER: should the process ever hang after Ctrl+C, SIGABRT makes it print where each thread is
     process = start_fit(isolated, "--trainer.logger", "false", "--trainer.max_epochs", "50",
-                        "--checkpoint.last_every_n_train_steps", "5")  # fmt: skip
-    deadline = time.monotonic() + 300
-    while find_last(isolated / "runs") is None and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 130, stderr[-2000:]
-    assert "stopped by Ctrl+C" in stderr and "--ckpt_path last" in stderr
+                        "--checkpoint.last_every_n_train_steps", "5",
+                        env=subprocess_env() | {"PYTHONFAULTHANDLER": "1"})  # fmt: skip
+    stdout: list[str] = []
+    stderr: list[str] = []
+    readers = [drain(process.stdout, stdout), drain(process.stderr, stderr)]  # type: ignore[arg-type]
+    try:
+        # training is under way once the first periodic last.ckpt is there (a generous wait: a busy machine is slow)
+        deadline = time.monotonic() + 600
+        while find_last(isolated / "runs") is None and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is None, f"the fit ended before Ctrl+C:\n{''.join(stderr)[-3000:]}"
+        assert find_last(isolated / "runs") is not None, "no last.ckpt after 600 s"
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack to stderr
+            process.wait(timeout=60)
+            for reader in readers:
+                reader.join(timeout=10)
+            pytest.fail(f"still running 600 s after Ctrl+C; its stderr:\n{''.join(stderr)[-6000:]}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    for reader in readers:
+        reader.join(timeout=60)
+    err = "".join(stderr)
+    assert process.returncode == 130, err[-2000:]
+    assert "stopped by Ctrl+C" in err and "--ckpt_path last" in err
     saved = torch.load(find_last(isolated / "runs"), weights_only=True)
     assert saved["global_step"] > 0
-    assert "Traceback" not in stderr
+    assert "Traceback" not in err
     assert os.environ.get("MNIST_LIGHTNING_DEBUG") is None

@@ -244,8 +244,8 @@ def test_every_kind_of_image_reads_as_the_digit_it_shows(
         assert max(ink_box(digit)) in (19, 20, 21)
 
 
-def test_refusing_huge_images_costs_neither_memory_nor_time(tmp_path: Path) -> None:
-    """Images over the pixel limit are refused from their header: no decoding, no memory, milliseconds.
+def test_refusing_huge_images_costs_no_memory(tmp_path: Path) -> None:
+    """Images over the pixel limit are refused from their header: no decoding, no memory.
 
     Measured in a fresh process (peak resident memory is per process); a decoded 15000×15000 image alone
     would take 225 MB, and the float arrays made from it 900 MB more.
@@ -257,14 +257,14 @@ def test_refusing_huge_images_costs_neither_memory_nor_time(tmp_path: Path) -> N
     (folder / "claims.jpg").write_bytes(jpeg_claiming(60000, 60000))  # only the header says so
     assert max(p.stat().st_size for p in folder.iterdir()) < 100_000 and MAX_PIXELS < 10000 * 10000
     script = """
-import json, resource, sys, time, warnings
+import json, resource, sys, warnings
 from mnist_lightning.data.images import load_digits
 warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not reach the user either
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-before, start = peak(), time.perf_counter()
+before = peak()
 files, digits, failed = load_digits([sys.argv[1]])
-print(json.dumps({"grew_mb": peak() - before, "seconds": time.perf_counter() - start,
-                  "files": [str(f) for f in files], "failed": {p.name: m for p, m in failed}}))
+print(json.dumps({"grew_mb": peak() - before, "files": [str(f) for f in files],
+                  "failed": {p.name: m for p, m in failed}}))
 """
     ran = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0 and "DecompressionBomb" not in ran.stderr, ran.stderr
@@ -272,7 +272,7 @@ print(json.dumps({"grew_mb": peak() - before, "seconds": time.perf_counter() - s
     assert result["files"] == [] and set(result["failed"]) == {"bomb.png", "scan.png", "claims.jpg"}
     assert "10000×10000 pixels (100 megapixels) is over the limit of 50 megapixels" in result["failed"]["scan.png"]
     assert all("image too large" in message for message in result["failed"].values())
-    assert result["grew_mb"] < 50 and result["seconds"] < 5, result
+    assert result["grew_mb"] < 50, result
 
 
 def halve(path: Path) -> bytes:

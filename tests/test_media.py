@@ -98,6 +98,7 @@ def test_resumed_run_keeps_the_train_loss_of_the_epoch_before_it(isolated: Path)
         str(CONFIGS / "vit_encoder.yaml"),
         "--trainer.limit_train_batches=5",
         "--trainer.limit_val_batches=2",
+        "--data.eval_batch_size=100",  # validation batches of 100, not 1,000: the curves' points are what counts
         "--trainer.enable_progress_bar=false",
     )
     run_cli(*common, "--trainer.max_epochs=1")

@@ -11,7 +11,7 @@ from unittest import mock
 import lightning as L
 import pytest
 import torch
-from conftest import CONFIGS, REPO, metric, run_cli
+from conftest import CONFIGS, REPO, metric, run_console_script
 from torch import nn
 
 from mnist_lightning.cli import MNISTLightningCLI
@@ -208,8 +208,8 @@ def test_a_few_hundred_steps_of_lenet5_reach_90_percent_validation_accuracy(mnis
 @pytest.mark.parametrize("preset", CATALOGUE_PRESETS + STRONG_PRESETS)
 def test_every_preset_fits_and_tests_through_the_console_script(preset: str, isolated: Path) -> None:
     limits = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"]
-    run_cli("fit", "--config", str(CONFIGS / f"{preset}.yaml"), "--trainer.max_epochs", "1", *limits)
+    run_console_script("fit", "--config", str(CONFIGS / f"{preset}.yaml"), "--trainer.max_epochs", "1", *limits)
     (run_dir,) = (isolated / "runs" / "mnist-lightning").iterdir()
     (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
-    tested = run_cli("test", "--ckpt_path", str(best), "--trainer.limit_test_batches", "2")
+    tested = run_console_script("test", "--ckpt_path", str(best), "--trainer.limit_test_batches", "2")
     assert 0 <= metric(tested.stdout, "test/acc") <= 1

@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from conftest import MNIST_DIR, run_cli
+from conftest import MNIST_DIR, run_console_script
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import Logger
 
@@ -244,7 +244,7 @@ def test_bad_input_through_the_console_script(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     extra = set_up(kind, isolated, mlp_checkpoint, monkeypatch)
-    result = run_cli(*args, *extra, check=False)
+    result = run_console_script(*args, *extra, check=False)
     assert result.returncode != 0
     assert_one_clear_line(result.stderr, expected, isolated)
 
@@ -558,7 +558,7 @@ def test_losses_collected_on_an_accelerator_are_checked_together_and_name_the_fi
 
 @pytest.mark.slow
 def test_a_diverging_run_through_the_console_script(isolated: Path) -> None:
-    result = run_cli(
+    result = run_console_script(
         "fit",
         "--model",
         "MLPClassifier",
@@ -675,7 +675,7 @@ def test_console_fit_killed_mid_epoch_resumes_like_an_uninterrupted_run(isolated
     saved_step = start_and_interrupt(isolated / "cut", how, min_step=320)
     assert saved_step % 300 > 0, "the interruption must land in the middle of an epoch"
     os.chdir(isolated / "cut")
-    resumed = run_cli(*RESUME_ARGS, "--ckpt_path", "last")
+    resumed = run_console_script(*RESUME_ARGS, "--ckpt_path", "last")
     (run_dir,) = (isolated / "cut" / "runs" / "mnist-lightning").iterdir()  # the resumed run goes on in its folder
     last = find_last(run_dir).relative_to(isolated / "cut")
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stderr

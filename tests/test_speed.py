@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
-from conftest import CONFIGS, REPO, subprocess_env
+from background import JOBS, benchmark_files, speed_tiny_job
+from conftest import CONFIGS
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mnist_lightning import MLPClassifier, MNISTDataModule
@@ -225,23 +224,15 @@ def test_speedrun_preset_builds_the_speedrun_network() -> None:
     assert cli.model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
-def test_benchmark_tiny_mode_writes_its_table(tmp_path: Path) -> None:
-    benchmarks = REPO / "benchmarks"
-    files_before = {p: p.stat().st_mtime_ns for p in benchmarks.rglob("*") if "__pycache__" not in p.parts}
-    temp = tmp_path / "temp"  # the run's temporary folders, its tables' among them (no --out: the default)
-    temp.mkdir()
-    result = subprocess.run(
-        [sys.executable, str(benchmarks / "speed.py"), "--tiny"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**subprocess_env(), "TMPDIR": str(temp)},
-    )
+def test_benchmark_tiny_mode_writes_its_table(mnist_dir: Path) -> None:
+    # `python benchmarks/speed.py --tiny` (no --out), in the background from the session's start
+    job = JOBS.wait("speed_tiny", lambda root: speed_tiny_job(root, mnist_dir))
+    result = job.result
     assert result.returncode == 0, result.stderr[-3000:]
     (out,) = (Path(p) for p in re.findall(r"^wrote speed.md and speed.json in (.+)$", result.stdout, flags=re.M))
-    assert out.parent == temp and out.name.startswith("mnist-speed-tiny-")
+    assert out.parent == job.folder / "tmp" and out.name.startswith("mnist-speed-tiny-")
     # a tiny run never writes into benchmarks/ unless --out asks it to
-    assert {p: p.stat().st_mtime_ns for p in benchmarks.rglob("*") if "__pycache__" not in p.parts} == files_before
+    assert benchmark_files() == job.before["benchmark_files"]
     report = json.loads((out / "speed.json").read_text())
     table = (out / "speed.md").read_text()
     measured = {m["name"]: m for m in report["models"] if not m["skipped"]}

@@ -6,7 +6,6 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,11 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from conftest import CONFIGS, run_cli, start_console_script
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-
-from tests.conftest import CONFIGS, run_cli, subprocess_env
-from tests.wandb_offline import read_run
+from wandb_offline import read_run
 
 # a few batches per epoch and a small validation: a trial takes seconds
 SMALL = {"trainer.limit_train_batches": 5, "trainer.limit_val_batches": 3, "trainer.enable_progress_bar": False}
@@ -53,15 +51,7 @@ def load_study(study: str) -> optuna.Study:
 
 
 def start_tune(*args: str) -> subprocess.Popen[str]:
-    exe = Path(sys.executable).with_name("mnist-lightning")
-    return subprocess.Popen(
-        [str(exe), "tune", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-        start_new_session=True,
-    )
+    return start_console_script("tune", *args, stdout=subprocess.DEVNULL)
 
 
 def test_tiny_study_writes_its_files_and_best_yaml_trains() -> None:
