@@ -20,7 +20,7 @@ from pathlib import Path  # noqa: E402
 import background  # noqa: E402
 import pytest  # noqa: E402
 from in_process import ProcessState, run_in_process  # noqa: E402
-from mnist_lightning.entry import main as console_main  # noqa: E402  THE one import of the console entry point
+from mnist_lightning.cli.main import main as console_main  # noqa: E402  THE one import of the console entry point
 
 from mnist_lightning.data import DATA_DIR_ENV, RAW_FILES, raw_dir  # noqa: E402
 
