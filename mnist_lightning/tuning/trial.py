@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from mnist_lightning.callbacks import NonFiniteLossError, RunLock
 from mnist_lightning.cli import MNISTLightningCLI
 from mnist_lightning.cli.messages import summarize_parse_error
+from mnist_lightning.cli.run_folder import check_outputs
 from mnist_lightning.errors import DEBUG_ENV, ConfigError, MNISTLightningError, one_line
 from mnist_lightning.tuning.space import SearchSpace
 from mnist_lightning.tuning.study import Heartbeat, JournalStudy
@@ -112,7 +113,7 @@ def run_trial(trial: Trial, journal: JournalStudy, space: SearchSpace, wandb_on:
     cli.trainer.callbacks.append(Heartbeat(journal, trial.number))
     # every validation is reported (the history plot shows it); the pruner decides whether to stop
     cli.trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=space.metric))
-    cli.check_outputs()
+    check_outputs(cli.trainer, cli.run_dir)
     lock = RunLock(cli.run_dir) if cli.run_dir else None
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
