@@ -20,8 +20,8 @@ from pathlib import Path  # noqa: E402
 import background  # noqa: E402
 import pytest  # noqa: E402
 from in_process import ProcessState, run_in_process  # noqa: E402
-from mnist_lightning.cli.main import main as console_main  # noqa: E402  THE one import of the console entry point
 
+from mnist_lightning.cli.main import main as console_main  # noqa: E402  THE one import of the console entry point
 from mnist_lightning.data import DATA_DIR_ENV, RAW_FILES, raw_dir  # noqa: E402
 
 PACKAGE_WARNING_FILTERS = [f for f in warnings.filters if f not in _FILTERS_BEFORE_IMPORTS]
