@@ -38,6 +38,7 @@ def test_a_command_leaves_the_test_process_as_it_found_it(isolated: Path) -> Non
     environ, argv, cwd = dict(os.environ), list(sys.argv), os.getcwd()
     handlers = {number: signal.getsignal(number) for number in SIGNALS}
     threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    deterministic = torch.are_deterministic_algorithms_enabled()
     # a W&B run (offline), a seeded deterministic fit: wandb's service, PL_GLOBAL_SEED, torch's deterministic mode
     fit = ("fit", "--config", str(CONFIGS / "linear.yaml"), *TINY, "--trainer.deterministic", "true")
     result = run_cli(*fit)
@@ -45,7 +46,7 @@ def test_a_command_leaves_the_test_process_as_it_found_it(isolated: Path) -> Non
     assert wandb.run is None and os.environ == environ and sys.argv == argv and os.getcwd() == cwd
     assert {number: signal.getsignal(number) for number in SIGNALS} == handlers
     assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (threads, precision)
-    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
     # and the run it trained can be continued in this process: its folder's lock was let go
     run_cli(*fit, "--trainer.max_epochs", "2", "--ckpt_path", "last")
 
