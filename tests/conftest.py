@@ -85,6 +85,13 @@ def process_state() -> object:
         yield state
 
 
+@pytest.fixture(scope="module", autouse=True)
+def module_process_state() -> object:
+    """The same for what a module's shared fixtures change (a deterministic fit sets torch's deterministic mode)."""
+    with ProcessState() as state:
+        yield state
+
+
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``mnist-lightning *args`` in this process, as the console script would run it in a new one.
 
