@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mnist_lightning.data.files import missing_raw_files
 from mnist_lightning.errors import CheckpointError
 from mnist_lightning.models import MNISTClassifier
 
@@ -129,6 +130,7 @@ class CheckpointInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     epoch: int | None = None
     global_step: int | None = None
+    trained_data_dir: str | None = None  # the data folder `fit` read (a machine's path: see data_dir_to_evaluate)
 
     @property
     def class_name(self) -> str:
@@ -174,7 +176,23 @@ def inspect_checkpoint(path: str | Path, checkpoint: dict[str, Any] | None = Non
         metrics={str(k): float(v) for k, v in metrics.items()} if isinstance(metrics, dict) else {},
         epoch=int(checkpoint["epoch"]) if "epoch" in checkpoint else None,
         global_step=int(checkpoint["global_step"]) if "global_step" in checkpoint else None,
+        trained_data_dir=(str(data["data_dir"]) if isinstance(data, dict) and data.get("data_dir") else None),
     )
+
+
+def data_dir_to_evaluate(info: CheckpointInfo, given: str | Path | None = None) -> str | None:
+    """The data folder a command that evaluates ``info``'s checkpoint reads: the one the user ``given``, else the
+    one the checkpoint was trained on while that folder still holds MNIST's raw files, else None (the default:
+    ``$MNIST_LIGHTNING_DATA_DIR`` or ``./data``).
+
+    The trained folder is a path on the machine that trained it; on another machine, or once it is gone, it means
+    nothing, so it is only used where it still holds the four files.
+    """
+    if given:
+        return str(given)
+    if info.trained_data_dir and not missing_raw_files(info.trained_data_dir):
+        return info.trained_data_dir
+    return None
 
 
 def classifier_class(info: CheckpointInfo, trusted: Iterable[str] = ()) -> type[MNISTClassifier]:
