@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mnist_lightning.errors import OutputPathError
@@ -55,6 +57,44 @@ def ensure_writable_file(path: str | Path, what: str) -> Path:
         raise OutputPathError(f"{what} {path} is a folder; give a file name such as {path / 'predictions.csv'}")
     ensure_writable_folder(path.parent, f"the folder of {what}")
     return path
+
+
+@contextmanager
+def staged_folder(path: str | Path, what: str) -> Iterator[Path]:
+    """A new temporary folder beside ``path`` to fill; when the block ends normally its files move into ``path``
+    (made then, with its parents), and on any failure (an exception, Ctrl+C) it is removed with what it holds.
+
+    So an output folder appears only complete, and an earlier one is not touched until the new files are all
+    written (its other files stay). Raises one :class:`OutputPathError` at once when ``path`` cannot be written.
+    """
+    path = Path(os.path.abspath(path))
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{what} {path} is a file, not a folder; remove it or choose another folder")
+    blocker = blocking_file(path)
+    if blocker is not None:
+        raise OutputPathError(f"{what} {path} cannot be made: {blocker} is a file, not a folder; choose another path")
+    anchor = next(parent for parent in path.parents if parent.is_dir())  # same file system as path will be
+    try:
+        if path.is_dir():  # the files will be moved into it: prove that now, not after the work
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+                pass
+        staging = Path(tempfile.mkdtemp(dir=anchor, prefix=f".{path.name}.partial-"))
+    except OSError as err:
+        raise OutputPathError(f"cannot write {what} {path} ({reason(err)}); choose another folder") from None
+    try:
+        yield staging
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes the folder private; the result is an ordinary one
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(staging, path)
+            else:
+                for item in staging.iterdir():
+                    shutil.move(item, path / item.name)
+        except OSError as err:
+            raise OutputPathError(f"cannot write {what} {path} ({reason(err)}); choose another folder") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_atomically(path: str | Path, text: str | bytes) -> None:

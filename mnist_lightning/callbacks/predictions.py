@@ -13,7 +13,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from mnist_lightning.errors import ConfigError, MNISTLightningError
+from mnist_lightning.errors import MNISTLightningError
+from mnist_lightning.evaluation.ensemble import EnsembleClassifier
+from mnist_lightning.evaluation.temperature import apply_temperature, parse_temperature
 from mnist_lightning.outputs import write_atomically
 
 
@@ -35,16 +37,16 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         output: the CSV file; relative paths are under the trainer's ``default_root_dir``.
-        temperature: divide the logits by this before the softmax (the ``temperature`` that
-            ``mnist-lightning report`` fits on the validation split calibrates the probabilities).
+        temperature: divide the logits by this before the softmax: ``stored`` (the default) applies the temperature
+            ``mnist-lightning report`` fitted on the checkpoint's validation split and stored with it (1 when there
+            is none; every member of an ensemble its own), a positive number that one, ``off`` none (1).
     """
 
-    def __init__(self, output: str = "predictions.csv", temperature: float = 1.0) -> None:
+    def __init__(self, output: str = "predictions.csv", temperature: float | str = "stored") -> None:
         super().__init__(write_interval="epoch")
-        if not temperature > 0:
-            raise ConfigError(f"predictions.temperature must be positive, got {temperature}; try 1.0")
         self.output = output
         self.temperature = temperature
+        self.temperature_choice = parse_temperature(temperature, "predictions.temperature")  # None: the stored one
         self.output_path: Path | None = None  # checked before predicting (see MNISTLightningCLI.before_predict)
         self.written: Path | None = None
 
@@ -56,7 +58,14 @@ class PredictionWriter(BasePredictionWriter):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "predict":
             require_single_process(trainer.world_size)
-            pl_module.temperature = self.temperature
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the checkpoint was restored: trainer.ckpt_path is the file the weights came from. An ensemble's
+        # members got their own stored temperatures when it was built; a number given here applies on top.
+        if isinstance(pl_module, EnsembleClassifier):
+            pl_module.temperature = self.temperature_choice or 1.0
+        else:
+            apply_temperature(pl_module, trainer.ckpt_path, self.temperature_choice, "--predictions.temperature")
 
     def write_on_epoch_end(
         self,

@@ -8,12 +8,17 @@ server, exporters, the report) are imported only when their command runs.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from mnist_lightning.checkpoints import load_classifier
-from mnist_lightning.cli.argtypes import port_number, positive_int, positive_number
+from mnist_lightning.cli.argtypes import port_number, positive_int
+from mnist_lightning.errors import ConfigError
+from mnist_lightning.evaluation.temperature import WHERE_CHOICES, apply_temperature, parse_temperature
+from mnist_lightning.models import MNISTClassifier
 from mnist_lightning.outputs import ensure_writable_file
 from mnist_lightning.serving.export import FORMATS
 
@@ -49,21 +54,46 @@ def add_serve_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=port_number, default=8000, help="port; 0 picks a free one (default: %(default)s)"
     )
+    add_temperature_argument(parser, "the probabilities")
+    return parser
+
+
+def add_temperature_argument(parser: argparse.ArgumentParser, applies_to: str) -> None:
+    """``--temperature``: stored (default), a positive number, or off."""
     parser.add_argument(
         "--temperature",
-        type=positive_number,
-        default=1.0,
-        help="divide the logits by this before the softmax: the temperature 'mnist-lightning report' fits (default: 1)",
+        type=temperature_choice,
+        default=None,
+        metavar="{stored,off,T}",
+        help=f"divide the logits by T before the softmax of {applies_to}; stored (the default): the temperature "
+        "'mnist-lightning report' fitted and stored beside the checkpoint (1 when there is none); off: 1",
     )
-    return parser
+
+
+def temperature_choice(text: str) -> float | None:
+    """argparse type of ``--temperature``: None for stored, 1 for off, else a positive number."""
+    try:
+        return parse_temperature(text, "--temperature")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a temperature; use a number above 0, stored or off"
+        ) from None
+
+
+temperature_choice.__name__ = "temperature"
+
+
+def calibrated_classifier(options: argparse.Namespace) -> MNISTClassifier:
+    """The checkpoint's classifier with the temperature ``--temperature`` chose (the stored one by default)."""
+    model = load_classifier(options.ckpt_path, trusted=trusted_classes(options))
+    apply_temperature(model, options.ckpt_path, options.temperature, "--temperature")
+    return model
 
 
 def run_serve(options: argparse.Namespace) -> None:
     from mnist_lightning.serving.serve import serve
 
-    model = load_classifier(options.ckpt_path, trusted=trusted_classes(options))
-    model.temperature = options.temperature
-    serve(model, options.ckpt_path, options.host, options.port)
+    serve(calibrated_classifier(options), options.ckpt_path, options.host, options.port)
 
 
 # -------------------------------------------------------------------------------------------------------- export
@@ -78,6 +108,7 @@ def add_export_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", default=None, help="file to write (default: the checkpoint's path with .onnx, .pt or .pt2)"
     )
+    add_temperature_argument(parser, "the exported 'probabilities' ('logits' stay as they are)")
     return parser
 
 
@@ -86,14 +117,24 @@ def run_export(options: argparse.Namespace) -> None:
 
     output = options.output or Path(options.ckpt_path).with_suffix(FORMATS[options.format])
     ensure_writable_file(output, "the export file (--output)")  # before the model is loaded and traced
-    model = load_classifier(options.ckpt_path, trusted=trusted_classes(options))
+    model = calibrated_classifier(options)
     written = export_model(model, output, options.format)
-    print(f"Exported {type(model).__name__} as {options.format} to {written}", file=sys.stderr)
+    scaled = f", probabilities at temperature {model.temperature:.3f}" if model.temperature != 1 else ""
+    print(f"Exported {type(model).__name__} as {options.format} to {written}{scaled}", file=sys.stderr)
 
 
 # -------------------------------------------------------------------------------------------------------- report
 # the report's options that are build_report's keyword arguments of the same name
-REPORT_SETTINGS = ("use_wandb", "device", "batch_size", "seed", "shift_images", "shifts")
+REPORT_SETTINGS = (
+    "use_wandb",
+    "device",
+    "batch_size",
+    "seed",
+    "shift_images",
+    "shifts",
+    "data_dir",
+    "save_temperature",
+)
 
 
 def add_report_parser(commands: Any) -> argparse.ArgumentParser:
@@ -119,12 +160,72 @@ def add_report_parser(commands: Any) -> argparse.ArgumentParser:
         help="test images per shifted level (default: %(default)s, 10000: all)",
     )
     parser.add_argument("--shifts", nargs="+", default=None, help="shifts to run (default: all)")
+    parser.add_argument(
+        "--data.data_dir",
+        dest="data_dir",
+        default=None,
+        metavar="DIR",
+        help="folder holding MNIST/raw (default: the folder the checkpoint was trained on while it still holds "
+        "MNIST, else $MNIST_LIGHTNING_DATA_DIR or ./data)",
+    )
+    parser.add_argument(
+        "--save_temperature",
+        choices=WHERE_CHOICES,
+        default="beside",
+        help="where each checkpoint's fitted temperature goes, for predict, serve, export and ensembles to apply: "
+        "beside (<checkpoint>.calibration.json, the default), checkpoint (written into the .ckpt, atomically), "
+        "both, or nowhere",
+    )
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the report is, so that it stops as on Ctrl+C (and cleans up the same way)."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def run_report(options: argparse.Namespace) -> None:
     from mnist_lightning.evaluation.report import build_report
 
     settings = {name: getattr(options, name) for name in REPORT_SETTINGS}
-    written = build_report(options.ckpt_path, options.output, trusted=trusted_classes(options), **settings)
+    started = time.perf_counter()
+
+    stages: list[str] = []
+
+    def stage(line: str) -> None:
+        stages.append(line)
+        print(f"report {line} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        written = build_report(
+            options.ckpt_path, options.output, trusted=trusted_classes(options), progress=stage, **settings
+        )
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        how = "stopped by SIGTERM" if terminated else "interrupted (Ctrl+C)"
+        if stages and stages[-1].startswith("W&B"):
+            what = "the report was written; adding it to the W&B run was cut short (run report again to add it)"
+        else:
+            what = "no report was written (an earlier one in the output folder is unchanged)"
+        print(f"mnist-lightning: report {how} after {time.perf_counter() - started:.0f} s; {what}", file=sys.stderr)
+        raise SystemExit(128 + int(signal.SIGTERM if terminated else signal.SIGINT)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    for model in written.data["models"]:
+        print(temperature_line(model), file=sys.stderr)
     print(f"Report written to {written.markdown} ({written.data['seconds']:.0f} s)", file=sys.stderr)
+
+
+def temperature_line(model: dict[str, Any]) -> str:
+    """Where a checkpoint's fitted temperature went, in one line."""
+    cal = model["calibration"]
+    name = Path(model["checkpoint"]).name
+    fitted = f"Temperature {cal['temperature']:.3f} of {name} (fitted on {cal['validation_images']:,} validation images"
+    fitted += ", a small split: only a rough fit)" if cal.get("small_validation") else ")"
+    if cal.get("stored_in"):
+        return f"{fitted} stored in {' and '.join(cal['stored_in'])}: predict, serve, export and ensembles apply it"
+    return f"{fitted} not stored: {cal.get('not_stored')}; it is in report.json, pass it with --temperature"

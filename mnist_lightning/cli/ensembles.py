@@ -15,7 +15,10 @@ from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.cli.parsing import LIGHTNING_CKPT_PATHS
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.evaluation.ensemble import MAX_VIEWS, EnsembleClassifier, check_views, expand_checkpoints
+from mnist_lightning.evaluation.temperature import apply_temperature, parse_temperature
 from mnist_lightning.models import MNISTClassifier
+
+TEMPERATURE_OPTION = "--predictions.temperature"
 
 
 def add_ensemble_arguments(parser: LightningArgumentParser) -> None:
@@ -54,6 +57,15 @@ def refuse_ensemble(section: Namespace | None, subcommand: str) -> None:
         )
 
 
+def member_temperature_choice(section: Namespace) -> float | None:
+    """None when every member applies its own stored temperature (the default), 1 when ``--predictions.temperature``
+    turns temperatures off or gives a number (which then applies once, to the averaged probabilities)."""
+    writer = section.get("predictions")  # the parsed section, or the PredictionWriter made from it
+    given = writer.get("temperature", "stored") if isinstance(writer, dict | Namespace) else None
+    given = getattr(writer, "temperature", "stored") if given is None else given
+    return None if parse_temperature(given, TEMPERATURE_OPTION[2:]) is None else 1.0
+
+
 def ensemble_of_checkpoints(section: Namespace, model: MNISTClassifier, subcommand: str) -> EnsembleClassifier:
     """The :class:`EnsembleClassifier` of ``--ckpt_path`` and ``--ensemble`` with ``--tta`` views.
 
@@ -68,7 +80,12 @@ def ensemble_of_checkpoints(section: Namespace, model: MNISTClassifier, subcomma
     paths = expand_checkpoints([section.ckpt_path, *(section.get("ensemble") or [])])
     own_class = f"{type(model).__module__}.{type(model).__qualname__}"  # checked while the arguments were parsed
     members = [load_classifier(path, trusted=[own_class]) for path in paths]
+    choice = member_temperature_choice(section)
+    temperatures = [apply_temperature(m, p, choice, TEMPERATURE_OPTION) for m, p in zip(members, paths, strict=True)]
     ensemble = EnsembleClassifier(members, views, sources=[str(p) for p in paths])
     section.ckpt_path = None
-    print(f"mnist-lightning: {subcommand} of {ensemble.describe()}: {', '.join(map(str, paths))}", file=sys.stderr)
+    listed = ", ".join(
+        f"{path} (T={t:.3g})" if t != 1 else str(path) for path, t in zip(paths, temperatures, strict=True)
+    )
+    print(f"mnist-lightning: {subcommand} of {ensemble.describe()}: {listed}", file=sys.stderr)
     return ensemble

@@ -1,13 +1,17 @@
-"""How far a model's probabilities can be trusted: calibration errors, reliability bins and temperature scaling."""
+"""How far a model's probabilities can be trusted: calibration errors, reliability bins and temperature scaling.
+
+The ECE, the MCE, the reliability diagram and its bin counts all come from :func:`reliability_bins`, one binning.
+Its bins are torchmetrics' (``bucketize`` on the same ``linspace`` boundaries, so a confidence on a boundary goes to
+the same bin) with one difference: torchmetrics gives a confidence of exactly 1.0 a sixteenth bin of its own, while
+here it belongs to the last bin, [14/15, 1]. Many MNIST confidences are exactly 1.0 in float32 (a well trained
+model's softmax saturates), so torchmetrics' numbers would describe bins the diagram does not draw.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.classification import multiclass_calibration_error
-
-from mnist_lightning.models.base import NUM_CLASSES
 
 CALIBRATION_BINS = 15  # torchmetrics' default, and the reliability diagram's bins
 
@@ -29,24 +33,46 @@ def fit_temperature(logits: Tensor, labels: Tensor, iterations: int = 50) -> flo
     return float(log_t.detach().exp())
 
 
-def calibration(probs: Tensor, labels: Tensor) -> dict[str, float]:
-    """Expected and maximum calibration error (torchmetrics, 15 bins) and the negative log-likelihood."""
-    return {
-        "ece": float(multiclass_calibration_error(probs, labels, NUM_CLASSES, n_bins=CALIBRATION_BINS, norm="l1")),
-        "mce": float(multiclass_calibration_error(probs, labels, NUM_CLASSES, n_bins=CALIBRATION_BINS, norm="max")),
-        "nll": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels)),
-    }
+def bin_index(confidence: Tensor, bins: int = CALIBRATION_BINS) -> Tensor:
+    """The bin of every confidence: ``[k/bins, (k+1)/bins)``, the last bin closed at 1.0.
+
+    The boundaries and ``bucketize`` are torchmetrics' own (float32 ``linspace``), so a confidence exactly on a
+    boundary lands where torchmetrics puts it; only 1.0 differs (clamped into the last bin instead of a bin of its
+    own).
+    """
+    boundaries = torch.linspace(0, 1, bins + 1, dtype=confidence.dtype, device=confidence.device)
+    return (torch.bucketize(confidence, boundaries, right=True) - 1).clamp_(0, bins - 1)
 
 
 def reliability_bins(probs: Tensor, labels: Tensor, bins: int = CALIBRATION_BINS) -> tuple[Tensor, Tensor, Tensor]:
-    """Per confidence bin: mean confidence, accuracy and count (the bins torchmetrics' ECE uses).
-
-    torchmetrics computes the ECE from these bins but has no public function that returns them, hence this one.
-    """
+    """Per confidence bin: mean confidence, accuracy and count (float64; an empty bin has 0, 0, 0)."""
     confidence, predicted = probs.max(1)
-    index = (confidence * bins).long().clamp_(max=bins - 1)
-    count = torch.bincount(index, minlength=bins).float()
-    conf_sum = torch.bincount(index, weights=confidence.double(), minlength=bins).float()
-    hit_sum = torch.bincount(index, weights=(predicted == labels).double(), minlength=bins).float()
+    index = bin_index(confidence, bins).cpu()
+    confidence, hits = confidence.double().cpu(), (predicted == labels).double().cpu()
+    count = torch.bincount(index, minlength=bins).double()
     safe = count.clamp_min(1)
-    return conf_sum / safe, hit_sum / safe, count
+    mean_confidence = torch.bincount(index, weights=confidence, minlength=bins) / safe
+    accuracy = torch.bincount(index, weights=hits, minlength=bins) / safe
+    return mean_confidence, accuracy, count
+
+
+def calibration(probs: Tensor, labels: Tensor) -> dict[str, float]:
+    """Expected and maximum calibration error over :data:`CALIBRATION_BINS` bins (those of
+    :func:`reliability_bins`) and the negative log-likelihood."""
+    confidence, accuracy, count = reliability_bins(probs, labels)
+    gaps = (accuracy - confidence).abs()
+    return {
+        "ece": float((gaps * count).sum() / count.sum()),
+        "mce": float(gaps[count > 0].max()),
+        "nll": float(F.nll_loss(probs.float().clamp_min(1e-12).log(), labels)),
+    }
+
+
+def bins_json(probs: Tensor, labels: Tensor) -> dict[str, list[float] | list[int]]:
+    """The reliability bins as plain lists for ``report.json``: count, mean confidence and accuracy per bin."""
+    confidence, accuracy, count = reliability_bins(probs, labels)
+    return {
+        "count": [int(c) for c in count.tolist()],
+        "confidence": [round(c, 6) for c in confidence.tolist()],
+        "accuracy": [round(a, 6) for a in accuracy.tolist()],
+    }

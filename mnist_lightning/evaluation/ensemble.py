@@ -8,6 +8,8 @@ different families and calibrations mix fairly.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -139,20 +141,51 @@ class EnsembleClassifier(L.LightningModule):
         raise ConfigError("an ensemble or test-time augmentation is for test and predict; it cannot be trained")
 
 
-def expand_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
+def check_checkpoint_path(path: Path, what: str) -> None:
+    """Refuse, naming it as what it is, a ``path`` that cannot be a checkpoint file: a symbolic link that loops or
+    points nowhere, or a name that does not exist. ``what`` says whose path it is (``the ensemble member``)."""
+    if path.is_symlink() and not path.exists():
+        try:
+            target = path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 raises RuntimeError for a loop
+            target = None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                target = None
+            else:
+                raise ConfigError(
+                    f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                    "pass the checkpoint file itself"
+                ) from None
+        if target is None:
+            raise ConfigError(f"{what} {path} is a symbolic link that loops back on itself; pass a .ckpt file")
+    if not path.exists():
+        raise ConfigError(
+            f"{what} {path} does not exist; pass .ckpt files (or folders of them) written by mnist-lightning fit"
+        )
+
+
+def expand_checkpoints(paths: Sequence[str | Path], what: str = "the ensemble member (--ensemble)") -> list[Path]:
     """The checkpoint files ``paths`` name, a folder standing for the ``.ckpt`` files in it (``last*.ckpt``
     aside: they repeat a run's latest state), in order and without repeats."""
     found: list[Path] = []
     for entry in paths:
         path = Path(entry)
+        check_checkpoint_path(path, what)
         if path.is_dir():
-            files = sorted(p for p in path.glob("*.ckpt") if not p.name.startswith("last"))
+            files = sorted(p for p in path.glob("*.ckpt") if p.is_file() and not p.name.startswith("last"))
             if not files:
+                lasts = sorted(p.name for p in path.glob("last*.ckpt"))
+                if lasts:
+                    raise ConfigError(
+                        f"the ensemble folder {path} holds only {', '.join(lasts)} (a run's latest state, which a "
+                        f"folder leaves out because it repeats a run); name it as a file: {path / lasts[0]}"
+                    )
                 raise ConfigError(f"the ensemble folder {path} holds no .ckpt files; name the checkpoint files")
             found += files
         else:
             found.append(path)
     unique: dict[Path, None] = {}
     for path in found:
-        unique.setdefault(path.resolve() if path.exists() else path, None)
+        unique.setdefault(path.resolve(), None)
     return list(unique)

@@ -14,7 +14,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from mnist_lightning.evaluation.calibration import calibration
+from mnist_lightning.evaluation.calibration import bins_json, calibration
 from mnist_lightning.models.base import NUM_CLASSES
 
 MISTAKES_SHOWN = 24
@@ -44,12 +44,12 @@ def confident_mistakes(probs: Tensor, labels: Tensor, count: int = MISTAKES_SHOW
 
 def summarize(probs: Tensor, labels: Tensor) -> dict[str, Any]:
     """Every number of the test probabilities ``probs``: accuracy, per class, confusion matrix (rows: true digit,
-    columns: predicted), calibration and the most confident mistakes."""
+    columns: predicted), calibration (with its reliability bins) and the most confident mistakes."""
     predicted = probs.argmax(1)
     return {
         "test_accuracy": float((predicted == labels).float().mean()),
         "per_class": per_class(probs, labels),
         "confusion_matrix": multiclass_confusion_matrix(predicted, labels, NUM_CLASSES).tolist(),
-        "calibration": calibration(probs, labels),
+        "calibration": {**calibration(probs, labels), "bins": bins_json(probs, labels)},
         "mistakes": confident_mistakes(probs, labels),
     }

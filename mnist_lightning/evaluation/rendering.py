@@ -12,6 +12,7 @@ import torch
 from mnist_lightning.data.transforms import SHIFTS
 from mnist_lightning.evaluation.calibration import CALIBRATION_BINS
 from mnist_lightning.evaluation.results import ModelReport
+from mnist_lightning.evaluation.temperature import SMALL_VALIDATION
 from mnist_lightning.models.base import NUM_CLASSES
 
 
@@ -47,6 +48,7 @@ def report_json(
     }
     if len(models) == 1:
         data["temperature"] = models[0]["temperature"]
+        data["temperature_stored_in"] = models[0]["calibration"].get("stored_in", [])
     ensemble = [model_json(r) for r in reports if r.info is None]
     if ensemble:
         data["ensemble"] = ensemble[0]
@@ -86,9 +88,15 @@ def report_markdown(data: dict[str, Any], reports: Sequence[ModelReport]) -> str
         f"Expected (ECE) and maximum (MCE) calibration error over {data['calibration_bins']} confidence bins. The "
         "temperature T is fitted on each checkpoint's own validation split (the one it was trained with) by "
         "minimising the negative log-likelihood of logits / T; the ECE after it is measured on the test set. "
-        "Divide the model's logits by T before the softmax to use it.",
+        "ECE, MCE, the diagram and the bin counts below all use the same bins (the last one closed at 1.0). "
+        "The fitted T is stored with its checkpoint, and predict, serve, export and ensembles apply it "
+        "(`--temperature off` turns it off):",
+        "",
+        *temperature_lines(entries),
         "",
         "![reliability diagrams](reliability.png)",
+        "",
+        *bins_table(entries, data["calibration_bins"]),
         "",
         "## Robustness",
         "",
@@ -107,18 +115,62 @@ def models_table(entries: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
         "## Models",
         "",
-        "| model | checkpoint | test accuracy | ECE | MCE | temperature | ECE after temperature |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | checkpoint | test accuracy | ECE | MCE | NLL | temperature | ECE after | MCE after | NLL after |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for entry in entries:
         cal = entry["calibration"]
         temperature = f"{cal['temperature']:.3f}" if "temperature" in cal else "–"
-        after = f"{cal['ece_after_temperature']:.4f}" if "ece_after_temperature" in cal else "–"
+        after = [
+            f"{cal[key]:.4f}" if key in cal else "–"
+            for key in ("ece_after_temperature", "mce_after_temperature", "nll_after_temperature")
+        ]
         checkpoint = f"`{entry['checkpoint']}`" if "checkpoint" in entry else "mean of the probabilities"
         lines.append(
             f"| {entry['label']} | {checkpoint} | {entry['test_accuracy']:.2%} | {cal['ece']:.4f} | "
-            f"{cal['mce']:.4f} | {temperature} | {after} |"
+            f"{cal['mce']:.4f} | {cal['nll']:.4f} | {temperature} | {' | '.join(after)} |"
         )
+    return lines
+
+
+def temperature_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """One bullet per checkpoint: its temperature, what it was fitted on, and where it was stored (or why not)."""
+    lines = []
+    for entry in entries:
+        cal = entry["calibration"]
+        if "temperature" not in cal:
+            continue
+        line = f"- {entry['label']}: T = {cal['temperature']:.3f}, fitted on {cal['validation_images']:,} validation"
+        line += " images"
+        if cal.get("small_validation"):
+            line += f" (fewer than {SMALL_VALIDATION:,}: a rough fit; a larger `--data.val_size` gives a firmer one)"
+        if cal.get("stored_in"):
+            line += "; stored in " + " and ".join(f"`{path}`" for path in cal["stored_in"])
+        else:
+            line += f"; not stored: {cal.get('not_stored', 'not asked to')}"
+        lines.append(line)
+    return lines
+
+
+def bins_table(entries: Sequence[dict[str, Any]], bins: int) -> list[str]:
+    """How many test images fall in every confidence bin, and their accuracy, for every model (before and after
+    its temperature)."""
+    columns = [(entry["label"], entry["calibration"]["bins"]) for entry in entries]
+    columns += [
+        (f"{entry['label']} after T", entry["calibration"]["bins_after_temperature"])
+        for entry in entries
+        if "bins_after_temperature" in entry["calibration"]
+    ]
+    lines = [
+        "Test images per confidence bin (count, and their accuracy):",
+        "",
+        "| confidence | " + " | ".join(label for label, _ in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for k in range(bins):
+        closing = "]" if k == bins - 1 else ")"
+        cells = [f"{b['count'][k]:,} ({b['accuracy'][k]:.3f})" if b["count"][k] else "0" for _, b in columns]
+        lines.append(f"| [{k / bins:.3f}, {(k + 1) / bins:.3f}{closing} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -10,8 +10,9 @@ This module runs the models and puts the parts together (the numbers come from t
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,21 +21,29 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mnist_lightning.checkpoints import CheckpointInfo, inspect_checkpoint, load_classifier, resolve_last
+from mnist_lightning.checkpoints import (
+    CheckpointInfo,
+    data_dir_to_evaluate,
+    inspect_checkpoint,
+    load_classifier,
+    resolve_last,
+)
 from mnist_lightning.data import MNISTDataModule, normalize_uint8
 from mnist_lightning.data.transforms import SHIFTS
 from mnist_lightning.errors import ConfigError
-from mnist_lightning.evaluation.calibration import calibration, fit_temperature
+from mnist_lightning.evaluation.calibration import bins_json, calibration, fit_temperature
+from mnist_lightning.evaluation.ensemble import check_checkpoint_path
 from mnist_lightning.evaluation.metrics import summarize
 from mnist_lightning.evaluation.rendering import report_json, report_markdown
 from mnist_lightning.evaluation.results import ModelReport
 from mnist_lightning.evaluation.robustness import SHIFT_IMAGES, robustness, shift_subset
+from mnist_lightning.evaluation.temperature import WHERE_CHOICES, calibration_record, store_temperature
 from mnist_lightning.evaluation.wandb_run import log_to_wandb
 from mnist_lightning.figures import save_png
 from mnist_lightning.figures.evaluation import ReliabilityPanel, mistakes_figure, reliability_figure, robustness_figure
 from mnist_lightning.figures.training import confusion_matrix_figure
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.outputs import ensure_writable_folder, write_atomically
+from mnist_lightning.outputs import staged_folder, write_atomically
 
 ENSEMBLE = "ensemble"
 Split = tuple[Tensor, Tensor]  # uint8 images (N, 28, 28) and their labels
@@ -70,9 +79,12 @@ def pick_device(device: str) -> torch.device:
 
 def resolve_checkpoints(paths: Iterable[str | Path], runs_root: str | Path = "runs") -> list[Path]:
     """The checkpoint files, ``last`` meaning the newest ``last.ckpt`` under ``runs_root``."""
-    return [
+    resolved = [
         resolve_last([runs_root], "pass a checkpoint file") if str(path) == "last" else Path(path) for path in paths
     ]
+    for path in resolved:
+        check_checkpoint_path(path, "checkpoint (--ckpt_path)")
+    return resolved
 
 
 def default_output(checkpoints: Sequence[Path], runs_root: str | Path = "runs") -> Path:
@@ -105,7 +117,11 @@ def label_of(info: CheckpointInfo, taken: set[str]) -> str:
 
 
 def check_arguments(
-    checkpoints: Sequence[Any], batch_size: int, shifts: Sequence[str] | None, shift_images: int
+    checkpoints: Sequence[Any],
+    batch_size: int,
+    shifts: Sequence[str] | None,
+    shift_images: int,
+    save_temperature: str = "beside",
 ) -> None:
     """One line for every argument :func:`build_report` cannot use, before any work."""
     if not checkpoints:
@@ -117,17 +133,26 @@ def check_arguments(
         raise ConfigError(f"unknown shift {', '.join(unknown)}; choose from {', '.join(SHIFTS)}")
     if shift_images < 1:
         raise ConfigError(f"--shift_images must be a positive integer, got {shift_images}; try {SHIFT_IMAGES}")
+    if save_temperature not in WHERE_CHOICES:
+        raise ConfigError(f"--save_temperature must be one of {', '.join(WHERE_CHOICES)}, got {save_temperature!r}")
 
 
 def data_splits(infos: Sequence[CheckpointInfo], data_dir: str | Path | None) -> tuple[list[Split], Split]:
-    """Each checkpoint's validation split (the one it was trained with: its own split seed), and the test set."""
-    data_kwargs = {"data_dir": str(data_dir)} if data_dir else {}
-    keys = [json.dumps(info.data_settings, sort_keys=True, default=str) for info in infos]
+    """Each checkpoint's validation split (the one it was trained with: its own split seed), and the test set.
+
+    The data folder is ``data_dir`` when given, else the one the checkpoint was trained on while it still holds
+    MNIST (:func:`mnist_lightning.checkpoints.data_dir_to_evaluate`), else the default.
+    """
+    folders = [data_dir_to_evaluate(info, data_dir) for info in infos]
+    keys = [
+        json.dumps([info.data_settings, folder], sort_keys=True, default=str)
+        for info, folder in zip(infos, folders, strict=True)
+    ]
     by_settings: dict[str, Split] = {}
     test_set: Split | None = None
-    for key, info in zip(keys, infos, strict=True):
+    for key, info, folder in zip(keys, infos, folders, strict=True):
         if key not in by_settings:
-            datamodule = MNISTDataModule(**{**info.data_settings, **data_kwargs})
+            datamodule = MNISTDataModule(**{**info.data_settings, **({"data_dir": folder} if folder else {})})
             datamodule.prepare_data()
             datamodule.setup()
             by_settings[key] = datamodule.splits["val"]
@@ -163,8 +188,30 @@ def evaluate_checkpoint(
         ece_after_temperature=after["ece"],
         mce_after_temperature=after["mce"],
         nll_after_temperature=after["nll"],
+        validation_images=len(val_labels),
+        bins_after_temperature=bins_json(report.scaled_probs, test_labels),
     )
     return report
+
+
+def store_temperatures(reports: Sequence[ModelReport], where: str) -> None:
+    """Store every checkpoint's fitted temperature as ``where`` says (beside it by default) and record in its
+    calibration numbers where it went (``stored_in``) or why it could not be stored (``not_stored``)."""
+    for report in reports:
+        if report.info is None:
+            continue
+        cal = report.metrics["calibration"]
+        before = {"ece": cal["ece"], "nll": cal["nll"]}
+        after = {"ece": cal["ece_after_temperature"], "nll": cal["nll_after_temperature"]}
+        record = calibration_record(report.info.path, cal["temperature"], cal["validation_images"], before, after)
+        cal["small_validation"] = record["small_validation"]
+        if where == "nowhere":
+            cal["stored_in"], cal["not_stored"] = [], "not asked to (--save_temperature nowhere)"
+            continue
+        written, problem = store_temperature(report.info.path, record, where)
+        cal["stored_in"] = [str(path) for path in written]
+        if problem:
+            cal["not_stored"] = problem
 
 
 def reliability_title(report: ModelReport) -> str:
@@ -206,8 +253,13 @@ def build_report(
     shifts: Sequence[str] | None = None,
     trusted: Iterable[str] = (),
     data_dir: str | Path | None = None,
+    save_temperature: str = "beside",
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Evaluate ``checkpoints`` and write ``report.md``, ``report.json`` and the PNG figures into ``output``.
+
+    The files are written into a temporary folder beside ``output`` and moved there only when all are written: a
+    failure or an interrupt leaves no partial folder, and an earlier report in ``output`` stays until then.
 
     Args:
         checkpoints: checkpoint files written by ``mnist-lightning fit`` (``last``: the newest ``last.ckpt``).
@@ -221,50 +273,68 @@ def build_report(
             is the same subset unchanged. 10,000 (or more) uses the whole test set.
         shifts: the names of the shifts to run (default: all of :data:`mnist_lightning.data.transforms.SHIFTS`).
         trusted: class paths of classifiers defined outside the package that the checkpoints may hold.
-        data_dir: where MNIST is (default: ``$MNIST_LIGHTNING_DATA_DIR`` or ``./data``).
+        data_dir: where MNIST is (default: the folder each checkpoint was trained on while it still holds MNIST,
+            else ``$MNIST_LIGHTNING_DATA_DIR`` or ``./data``).
+        save_temperature: where each checkpoint's fitted temperature is stored for predict, serve, export and
+            ensembles: ``beside`` (``<checkpoint>.calibration.json``, the default), ``checkpoint`` (into the
+            checkpoint file, rewritten atomically), ``both`` or ``nowhere``.
+        progress: called with a line at the start of every stage (the command prints them on stderr).
     """
     started = time.perf_counter()
-    check_arguments(checkpoints, batch_size, shifts, shift_images)
+    say = progress or (lambda line: None)
+    check_arguments(checkpoints, batch_size, shifts, shift_images, save_temperature)
+    chosen = pick_device(device)
     paths = resolve_checkpoints(checkpoints)
     infos = [inspect_checkpoint(path) for path in paths]  # a missing or foreign file: one line, before any work
-    folder = ensure_writable_folder(Path(output) if output else default_output(paths), "the report folder (--output)")
-    chosen = pick_device(device)
-    trusted = list(trusted)
-    models = [load_classifier(path, map_location=chosen, trusted=trusted) for path in paths]
+    target = Path(output) if output else default_output(paths)
+    stages = 6
+    with staged_folder(target, "the report folder (--output)") as staging:
+        say(f"[1/{stages}] loading {len(paths)} checkpoint{'s' if len(paths) > 1 else ''} onto {chosen}")
+        trusted = list(trusted)
+        models = [load_classifier(path, map_location=chosen, trusted=trusted) for path in paths]
 
-    val_sets, test_set = data_splits(infos, data_dir)
-    test_images, test_labels = test_set
-    taken: set[str] = set()
-    reports: list[ModelReport] = []
-    for index, (info, model, val_set) in enumerate(zip(infos, models, val_sets, strict=True)):
-        label, slug = label_of(info, taken), f"{index + 1}-{info.class_name}"
-        reports.append(
-            evaluate_checkpoint(model, info, label, slug, val_set, test_set, batch_size=batch_size, device=chosen)
-        )
-    if len(reports) > 1:
-        mean = torch.stack([r.test_probs for r in reports]).mean(0)
-        ensemble = ModelReport(f"{ENSEMBLE} (mean of {len(reports)})", ENSEMBLE, None, mean)
-        ensemble.metrics = summarize(mean, test_labels)
-        reports.append(ensemble)
+        say(f"[2/{stages}] reading MNIST (validation splits and the test set)")
+        val_sets, test_set = data_splits(infos, data_dir)
+        test_images, test_labels = test_set
+        taken: set[str] = set()
+        reports: list[ModelReport] = []
+        for index, (info, model, val_set) in enumerate(zip(infos, models, val_sets, strict=True)):
+            say(f"[3/{stages}] test set and temperature of {info.path.name} ({index + 1} of {len(models)})")
+            label, slug = label_of(info, taken), f"{index + 1}-{info.class_name}"
+            reports.append(
+                evaluate_checkpoint(model, info, label, slug, val_set, test_set, batch_size=batch_size, device=chosen)
+            )
+        if len(reports) > 1:
+            mean = torch.stack([r.test_probs for r in reports]).mean(0)
+            ensemble = ModelReport(f"{ENSEMBLE} (mean of {len(reports)})", ENSEMBLE, None, mean)
+            ensemble.metrics = summarize(mean, test_labels)
+            reports.append(ensemble)
 
-    count = min(shift_images, len(test_labels))
-    subset = shift_subset(len(test_labels), count, seed)
-    curves = robustness(
-        models, [r.test_probs[subset] for r in reports[: len(models)]], test_images[subset], test_labels[subset],
-        batch_size, chosen, seed, shifts,
-    )  # fmt: skip
-    for report, curve in zip(reports, curves, strict=True):
-        report.robustness = curve
+        count = min(shift_images, len(test_labels))
+        subset = shift_subset(len(test_labels), count, seed)
+        say(f"[4/{stages}] accuracy under {len(shifts) if shifts else len(SHIFTS)} shifts ({count:,} images a level)")
+        curves = robustness(
+            models, [r.test_probs[subset] for r in reports[: len(models)]], test_images[subset], test_labels[subset],
+            batch_size, chosen, seed, shifts, progress_bar=progress is not None,
+        )  # fmt: skip
+        for report, curve in zip(reports, curves, strict=True):
+            report.robustness = curve
 
-    figures = report_figures(reports, test_images, test_labels)
-    files = [save_png(fig, folder / f"{name}.png") for name, fig in figures.items()]
-    data = report_json(reports, chosen, seed, count, time.perf_counter() - started)
-    json_path, md_path = folder / "report.json", folder / "report.md"
-    write_atomically(json_path, json.dumps(data, indent=2) + "\n")
-    write_atomically(md_path, report_markdown(data, reports))
-    files += [json_path, md_path]
+        say(f"[5/{stages}] figures")
+        figures = report_figures(reports, test_images, test_labels)
+        names = [f"{name}.png" for name in figures]
+        for name, fig in zip(names, figures.values(), strict=True):
+            save_png(fig, staging / name)
+        say(f"[6/{stages}] storing the temperatures ({save_temperature}) and writing the report")
+        store_temperatures(reports, save_temperature)
+        data = report_json(reports, chosen, seed, count, time.perf_counter() - started)
+        write_atomically(staging / "report.json", json.dumps(data, indent=2) + "\n")
+        write_atomically(staging / "report.md", report_markdown(data, reports))
+    folder = Path(os.path.abspath(target))
+    files = [folder / name for name in [*names, "report.json", "report.md"]]
     if use_wandb:
         for report in reports:
             if report.info is not None and report.info.wandb_run_id:
+                say(f"W&B: adding the report of {report.info.path.name} to run {report.info.wandb_run_id}")
                 log_to_wandb(report, files)
     return Report(folder, files, data, reports, figures)

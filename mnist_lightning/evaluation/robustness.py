@@ -5,10 +5,12 @@ The shifts themselves (what each does at each level) are :data:`mnist_lightning.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from mnist_lightning.data import normalize
 from mnist_lightning.data.transforms import SHIFTS
@@ -35,12 +37,14 @@ def robustness(
     device: torch.device,
     seed: int,
     shifts: Sequence[str] | None = None,
+    progress_bar: bool = False,
 ) -> list[dict[str, list[float]]]:
     """Accuracy at every level of every shift (or of ``shifts``), for each model and (with several models) their
     ensemble. ``clean_probs`` are each model's probabilities of ``images`` unchanged.
 
     Each shifted batch is made once, on ``device``, and given to every model, so all models (and the ensemble) see
-    the same images. Level 0 is the clean images themselves, whose probabilities are already known.
+    the same images. Level 0 is the clean images themselves, whose probabilities are already known. With
+    ``progress_bar``, a bar over the shifted levels is drawn on stderr when it is a terminal.
     """
     count = len(labels)
     chosen = [SHIFTS[name] for name in shifts] if shifts is not None else list(SHIFTS.values())
@@ -54,6 +58,11 @@ def robustness(
         mean = torch.stack(list(clean_probs)).mean(0)
         clean = torch.cat([clean, (mean.argmax(1) == labels).unsqueeze(0)])
     clean_accuracy = clean.float().mean(1).tolist()
+    # disable=None: tqdm draws only on a terminal (a log file gets the report's stage lines alone)
+    bar = tqdm(
+        total=sum(len(shift.levels) - 1 for shift in chosen), desc="shifted levels", unit="level", leave=False,
+        file=sys.stderr, disable=None if progress_bar else True,
+    )  # fmt: skip
     for shift in chosen:
         s = list(SHIFTS).index(shift.name)
         for column in range(columns):
@@ -72,4 +81,6 @@ def robustness(
                 correct += torch.stack(hits)
             for column in range(columns):
                 curves[column][shift.name].append(float(correct[column]) / count)
+            bar.update()
+    bar.close()
     return curves

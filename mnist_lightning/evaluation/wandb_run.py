@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ def report_scalars(report: ModelReport) -> dict[str, float]:
         "report/temperature": cal["temperature"],
         "report/ece_after_temperature": cal["ece_after_temperature"],
         "report/mce_after_temperature": cal["mce_after_temperature"],
+        "report/nll_after_temperature": cal["nll_after_temperature"],
     }
     for name in ("precision", "recall", "f1"):
         for digit, value in enumerate(metrics["per_class"][name]):
@@ -70,7 +72,17 @@ def log_to_wandb(report: ModelReport, files: Sequence[Path]) -> None:
     }
     run.log({**scalars, **images, "report/robustness": wandb.Table(["shift", "level", "accuracy"], rows)})
     run.summary.update(scalars)
-    folder = Path(run.dir).parent
+    folder = Path(run.dir).parent.resolve()
+    entity = run.entity or os.environ.get("WANDB_ENTITY") or "your default entity"
+    where = f"entity {entity}, project {run.project}, run id {run.id}"
+    url = run.url if mode == "online" else None
     run.finish()
     if mode != "online":
-        print(f"W&B: report added to offline run {folder}; upload it with: wandb sync {folder}", file=sys.stderr)
+        # quoted for the shell: a run folder under a path with spaces must still sync as printed
+        print(
+            f"W&B: report added to the offline run ({where}) in {folder}; "
+            f"upload it with: wandb sync {shlex.quote(str(folder))}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"W&B: report added to the run ({where}): {url}", file=sys.stderr)

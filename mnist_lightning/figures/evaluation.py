@@ -57,7 +57,8 @@ class ReliabilityPanel(NamedTuple):
 
 
 def reliability_figure(panels: Sequence[ReliabilityPanel], labels: Tensor) -> Figure:
-    """Reliability diagram of each model: accuracy against confidence per bin, before and after temperature."""
+    """Reliability diagram of each model: accuracy against confidence per bin (the bins of the ECE, with the number
+    of test images in each written on its bar), before and after temperature."""
     fig = Figure(figsize=(3.6 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     width = 1 / CALIBRATION_BINS
@@ -65,13 +66,15 @@ def reliability_figure(panels: Sequence[ReliabilityPanel], labels: Tensor) -> Fi
     for ax, panel in zip(axes, panels, strict=True):
         _, accuracy, count = reliability_bins(panel.probs, labels)
         shown = count > 0
-        ax.bar(centres[shown], accuracy[shown], width=width, edgecolor="black", alpha=0.6, label="accuracy")
+        bars = ax.bar(centres[shown], accuracy[shown], width=width, edgecolor="black", alpha=0.6, label="accuracy")
+        counts = [f"{int(c):,}" for c in count[shown].tolist()]
+        ax.bar_label(bars, counts, rotation=90, fontsize=5, padding=2)
         if panel.scaled_probs is not None:
             conf_t, acc_t, count_t = reliability_bins(panel.scaled_probs, labels)
             kept = count_t > 0
             ax.plot(conf_t[kept], acc_t[kept], "o-", color="tab:orange", markersize=3, label="after temperature")
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=panel.title)
+        ax.set(xlim=(0, 1), ylim=(0, 1.15), xlabel="confidence (bar labels: test images in the bin)", title=panel.title)
         ax.title.set_size(8)
         ax.legend(fontsize=7, loc="upper left")
     axes[0].set_ylabel("accuracy")

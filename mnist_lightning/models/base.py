@@ -219,6 +219,7 @@ class MNISTClassifier(L.LightningModule):
 
     def probabilities(self, images: Tensor) -> Tensor:
         """Class probabilities ``(B, 10)`` in float32: the softmax of the logits divided by ``self.temperature``
-        (1 unless set; ``mnist-lightning report`` fits one on the validation split: ``--predictions.temperature``
-        and ``serve --temperature`` apply it)."""
+        (1 unless set; ``mnist-lightning report`` fits one on the validation split and stores it with the
+        checkpoint, and predict, serve, export and ensembles set it from there: see
+        :mod:`mnist_lightning.evaluation.temperature`)."""
         return (self(images).float() / self.temperature).softmax(dim=1)

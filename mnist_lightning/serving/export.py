@@ -35,15 +35,20 @@ class ExportError(MNISTLightningError, ValueError):
 
 
 class RawImageClassifier(nn.Module):
-    """A classifier with the input scaling inside: uint8 ``(N, 28, 28)`` → (logits, probabilities)."""
+    """A classifier with the input scaling inside: uint8 ``(N, 28, 28)`` → (logits, probabilities).
+
+    The probabilities are the softmax of the logits divided by the model's ``temperature`` (the one ``report``
+    stored, applied by ``export`` unless ``--temperature off``), a constant in the exported graph.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.temperature = float(getattr(model, "temperature", 1.0))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(normalize_uint8(images.unsqueeze(1)))
-        return logits, logits.softmax(dim=1)
+        return logits, (logits / self.temperature).softmax(dim=1)
 
 
 def export_model(
