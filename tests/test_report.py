@@ -201,7 +201,7 @@ def test_predict_applies_the_reported_temperature(isolated: Path) -> None:
     assert digits["3.0"] == digits["1.0"]
     assert all(hot < cold for hot, cold in zip(tops["3.0"], tops["1.0"]))
     bad = run_cli("predict", "--ckpt_path", str(best), "--predictions.temperature", "0", check=False)
-    assert bad.returncode == 1 and "predictions.temperature must be positive" in bad.stderr
+    assert bad.returncode == 1 and "predictions.temperature must be a positive number" in bad.stderr
 
 
 @pytest.mark.parametrize(

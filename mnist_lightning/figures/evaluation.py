@@ -66,13 +66,27 @@ def reliability_figure(panels: Sequence[ReliabilityPanel], labels: Tensor) -> Fi
     for ax, panel in zip(axes, panels, strict=True):
         _, accuracy, count = reliability_bins(panel.probs, labels)
         shown = count > 0
-        bars = ax.bar(centres[shown], accuracy[shown], width=width, edgecolor="black", alpha=0.6, label="accuracy")
+        bars = ax.bar(
+            centres[shown].tolist(),
+            accuracy[shown].tolist(),
+            width=width,
+            edgecolor="black",
+            alpha=0.6,
+            label="accuracy",
+        )
         counts = [f"{int(c):,}" for c in count[shown].tolist()]
         ax.bar_label(bars, counts, rotation=90, fontsize=5, padding=2)
         if panel.scaled_probs is not None:
             conf_t, acc_t, count_t = reliability_bins(panel.scaled_probs, labels)
             kept = count_t > 0
-            ax.plot(conf_t[kept], acc_t[kept], "o-", color="tab:orange", markersize=3, label="after temperature")
+            ax.plot(
+                conf_t[kept].tolist(),
+                acc_t[kept].tolist(),
+                "o-",
+                color="tab:orange",
+                markersize=3,
+                label="after temperature",
+            )
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
         ax.set(xlim=(0, 1), ylim=(0, 1.15), xlabel="confidence (bar labels: test images in the bin)", title=panel.title)
         ax.title.set_size(8)
