@@ -3,6 +3,8 @@
 - :mod:`.report`: :func:`~.report.build_report`, which runs the checkpoints and writes the report folder;
 - :mod:`.metrics`: accuracy, per-class precision/recall/F1, confusion matrix and the most confident mistakes;
 - :mod:`.calibration`: calibration errors, reliability bins and temperature fitting;
+- :mod:`.temperature`: the fitted temperature stored with its checkpoint, and the one place that decides the
+  temperature predict, serve, export and ensembles apply;
 - :mod:`.robustness`: accuracy on shifted test digits;
 - :mod:`.rendering`: the report's JSON and Markdown;
 - :mod:`.wandb_run`: the report added to the W&B run that trained a checkpoint;
