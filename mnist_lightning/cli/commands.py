@@ -228,4 +228,7 @@ def temperature_line(model: dict[str, Any]) -> str:
     fitted += ", a small split: only a rough fit)" if cal.get("small_validation") else ")"
     if cal.get("stored_in"):
         return f"{fitted} stored in {' and '.join(cal['stored_in'])}: predict, serve, export and ensembles apply it"
-    return f"{fitted} not stored: {cal.get('not_stored')}; it is in report.json, pass it with --temperature"
+    return (
+        f"{fitted} not stored: {cal.get('not_stored')}; it is in report.json: pass it with --predictions.temperature "
+        f"{cal['temperature']:.3f} (predict) or --temperature {cal['temperature']:.3f} (serve, export)"
+    )
