@@ -30,7 +30,7 @@ from mnist_lightning.checkpoints import (
 )
 from mnist_lightning.data import MNISTDataModule, normalize_uint8
 from mnist_lightning.data.transforms import SHIFTS
-from mnist_lightning.errors import ConfigError
+from mnist_lightning.errors import ConfigError, one_line
 from mnist_lightning.evaluation.calibration import bins_json, calibration, fit_temperature
 from mnist_lightning.evaluation.ensemble import check_checkpoint_path
 from mnist_lightning.evaluation.metrics import summarize
@@ -74,6 +74,12 @@ def pick_device(device: str) -> torch.device:
         raise ConfigError(f"--device {device!r} is not a device; use auto, cpu or cuda") from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device} asks for CUDA, which this machine does not have; use auto or cpu")
+    if chosen.type == "meta":
+        raise ConfigError(f"--device {device} holds no data, so it cannot run a model; use auto, cpu or cuda")
+    try:  # a device index that is not there (cuda:7 on one GPU), a backend this build lacks: one line, now
+        torch.empty(1, device=chosen)
+    except (RuntimeError, AssertionError) as err:
+        raise ConfigError(f"--device {device} cannot be used here ({one_line(err, 200)}); use auto or cpu") from None
     return chosen
 
 
