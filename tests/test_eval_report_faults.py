@@ -98,8 +98,8 @@ def test_missing_data_names_an_option_report_accepts_and_that_advice_works(
     ("extra", "message"),
     [
         (("--device", "no-such-device"), "is not a device"),
-        (("--device", "cuda:99"), "--device cuda:99"),  # no CUDA, or no 100th GPU
-        (("--device", "meta"), "--device meta holds no data"),
+        (("--device", "cuda:99"), "the device cuda:99 (--device)"),  # no CUDA, or no 100th GPU
+        (("--device", "meta"), "the device meta (--device) holds no data"),
         (("--shifts", "rotation", "sideways"), "unknown shift sideways"),
     ],
 )

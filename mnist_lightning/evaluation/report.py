@@ -71,15 +71,21 @@ def pick_device(device: str) -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"--device {device!r} is not a device; use auto, cpu or cuda") from None
+        raise ConfigError(f"the device {device!r} (--device) is not a device; use auto, cpu or cuda") from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} asks for CUDA, which this machine does not have; use auto or cpu")
+        raise ConfigError(
+            f"the device {device} (--device) asks for CUDA, which this machine does not have; use auto or cpu"
+        )
     if chosen.type == "meta":
-        raise ConfigError(f"--device {device} holds no data, so it cannot run a model; use auto, cpu or cuda")
+        raise ConfigError(
+            f"the device {device} (--device) holds no data, so it cannot run a model; use auto, cpu or cuda"
+        )
     try:  # a device index that is not there (cuda:7 on one GPU), a backend this build lacks: one line, now
         torch.empty(1, device=chosen)
     except (RuntimeError, AssertionError) as err:
-        raise ConfigError(f"--device {device} cannot be used here ({one_line(err, 200)}); use auto or cpu") from None
+        raise ConfigError(
+            f"the device {device} (--device) cannot be used here ({one_line(err, 200)}); use auto or cpu"
+        ) from None
     return chosen
 
 
