@@ -88,6 +88,8 @@ def test_missing_data_names_an_option_report_accepts_and_that_advice_works(
         error = failed.stderr.strip().splitlines()[-1]
         assert error.startswith("mnist-lightning: error:") and "point --data.data_dir" in error
         assert (out / "report.json").read_text() == EARLIER and leftovers(isolated) == []
+        fresh = run_cli(*args[:4], "fresh/report", *args[5:], check=False)  # a new folder: never made
+        assert fresh.returncode == 1 and not (isolated / "fresh").exists() and leftovers(isolated) == []
         run_cli(*args, "--data.data_dir", str(MNIST_DIR))  # the advice, as given
         assert json.loads((out / "report.json").read_text())["models"]
     finally:
@@ -186,3 +188,21 @@ def test_path_problems_are_named_as_what_they_are(trained: dict[str, Path], isol
         "test", "--ckpt_path", str(trained["best"]), "--ensemble", str(loop), "--trainer.logger", "false", check=False
     )
     assert result.returncode == 1 and "loops back on itself" in result.stderr and "--ensemble" in result.stderr
+
+
+def test_a_staged_folder_appears_whole_or_not_at_all(isolated: Path) -> None:
+    from mnist_lightning.outputs import staged_folder
+
+    kept = earlier_report(isolated / "kept")
+    (kept / "notes.txt").write_text("the user's own file")
+    with pytest.raises(KeyboardInterrupt), staged_folder(kept, "the report folder") as staging:
+        (staging / "report.json").write_text("half")
+        raise KeyboardInterrupt
+    assert (kept / "report.json").read_text() == EARLIER and leftovers(isolated) == []
+    with staged_folder(kept, "the report folder") as staging:
+        (staging / "report.json").write_text("new")
+    assert (kept / "report.json").read_text() == "new" and (kept / "notes.txt").is_file()
+    with staged_folder(isolated / "a" / "b", "the report folder") as staging:
+        assert not (isolated / "a").exists()  # parents are made only at the end
+        (staging / "report.md").write_text("whole")
+    assert (isolated / "a" / "b" / "report.md").read_text() == "whole" and leftovers(isolated) == []
