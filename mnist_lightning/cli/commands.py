@@ -50,6 +50,13 @@ def add_serve_parser(commands: Any) -> argparse.ArgumentParser:
         "--port", type=port_number, default=8000, help="port; 0 picks a free one (default: %(default)s)"
     )
     parser.add_argument(
+        "--request_timeout",
+        type=positive_number,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request (headers and body) must arrive within this, else it gets 408 (default: %(default)g)",
+    )
+    parser.add_argument(
         "--temperature",
         type=positive_number,
         default=1.0,
@@ -63,7 +70,7 @@ def run_serve(options: argparse.Namespace) -> None:
 
     model = load_classifier(options.ckpt_path, trusted=trusted_classes(options))
     model.temperature = options.temperature
-    serve(model, options.ckpt_path, options.host, options.port)
+    serve(model, options.ckpt_path, options.host, options.port, options.request_timeout)
 
 
 # -------------------------------------------------------------------------------------------------------- export
