@@ -194,7 +194,12 @@ class RequestHandler(WSGIRequestHandler):
         self.requestline, self.command, self.path, self.headers = "", "", "", None  # type: ignore[assignment]
 
     def handle_one_request(self) -> None:
-        self.close_connection = True  # one request per connection, as werkzeug answers with Connection: close
+        try:
+            self.answer_one_request()
+        finally:
+            self.close_connection = True  # one request per connection (werkzeug answers with Connection: close)
+
+    def answer_one_request(self) -> None:
         try:
             self.raw_requestline = self.rfile.readline(MAX_LINE + 1)
             if not self.raw_requestline:
@@ -211,7 +216,7 @@ class RequestHandler(WSGIRequestHandler):
         except TimeoutError:
             self.refuse(408, self.timeout_message())
             return
-        except ConnectionError as err:
+        except OSError as err:  # ConnectionResetError, mostly
             self.log_error("the client closed the connection (%s)", self.gone(err))
             return
         self.reader.draining = True
@@ -303,4 +308,4 @@ class RequestHandler(WSGIRequestHandler):
     def gone(err: BaseException) -> str:
         if isinstance(err, TimeoutError):
             return "it stopped reading"
-        return type(err).__name__ if isinstance(err, ConnectionError) else "closed early"
+        return type(err).__name__ if isinstance(err, OSError) else "closed early"

@@ -246,6 +246,8 @@ def start_server(
         )
     if not (isinstance(request_timeout, int | float) and 0 < request_timeout < math.inf):
         raise ConfigError(f"the request timeout must be a positive number of seconds, got {request_timeout}; try 10")
+    if isinstance(host, str) and re.fullmatch(r"\[[0-9a-fA-F:.%\w]+\]", host):
+        host = host[1:-1]  # an IPv6 address as a URL writes it: [::1]
     app = create_app(model, title=f"{type(model).__name__} · {Path(ckpt_path).name}")
     listener = listen(host, port)  # here, so that each way to fail is one clear line (werkzeug would exit)
     try:
@@ -310,7 +312,7 @@ def serve(
         connections.LOG.addHandler(handler)
         connections.LOG.setLevel(logging.INFO)
         connections.LOG.propagate = False  # its one line, not a second copy through a root handler
-    shown = f"[{host}]" if ":" in host else host
+    shown = f"[{server.host}]" if ":" in server.host else server.host
     print(f"Serving {ckpt_path} on http://{shown}:{server.port}/ (Ctrl+C to stop)", flush=True)
     try:
         server.serve_forever()
