@@ -271,9 +271,10 @@ def listen(host: str, port: int) -> socket.socket:
     url = re.fullmatch(r"(?:[a-z]+://)?\[?([^/\[\]]*?)\]?(?::(\d+))?/?", host.strip(), re.IGNORECASE)
     plain = url.group(1) if url and (url.group(2) or "://" in host) else None
     try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)  # create_server's own error hides which part failed
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return socket.create_server((host, port), family=family)
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError):
         if plain:  # a URL or host:port where the host alone was meant
             fix = f"--host {plain}" + (f" --port {url.group(2)}" if url.group(2) else "")  # type: ignore[union-attr]
             raise ConfigError(f"--host {host} is not a host name; give the host and the port apart: {fix}") from None
