@@ -16,6 +16,7 @@ import pytest
 
 from mnist_lightning.cli.main import main
 from mnist_lightning.errors import ConfigError
+from mnist_lightning.serving.connections import printable
 from mnist_lightning.serving.serve import listen
 
 CHECKPOINT = Path(__file__).resolve().parent / "fixtures" / "checkpoints_0_1" / "mlp.ckpt"
@@ -48,13 +49,13 @@ def test_a_port_in_use_is_one_line_and_port_0_works(capsys: pytest.CaptureFixtur
 @pytest.mark.parametrize(
     ("host", "phrase"),
     [
-        ("nonexistent.invalid", "is not an address or a host name this machine knows"),
-        ("999.1.1.1", "is not an address or a host name this machine knows"),
-        ("192.0.2.1", "is not an address of this machine"),  # TEST-NET-1: never an interface here
-        ("", "is not an IP address or host name"),
-        (" ", "is not an IP address or host name"),
-        ("unix:///tmp/serve.sock", "is not an IP address or host name"),
-        ("127.0.0.1\x00", "is not an IP address or host name"),
+        ("nonexistent.invalid", "not an address or a host name this machine knows"),
+        ("999.1.1.1", "not an address or a host name this machine knows"),
+        ("192.0.2.1", "not an address of this machine"),  # TEST-NET-1: never an interface here
+        ("", "not an IP address or host name"),
+        (" ", "not an IP address or host name"),
+        ("unix:///tmp/serve.sock", "not an IP address or host name"),
+        ("127.0.0.1\x00", "not an IP address or host name"),
     ],
     ids=["unknown-name", "bad-ipv4", "foreign-address", "empty", "blank", "unix-socket", "nul"],
 )
@@ -62,6 +63,7 @@ def test_a_host_that_cannot_be_listened_on_is_one_line(
     capsys: pytest.CaptureFixture[str], host: str, phrase: str
 ) -> None:
     line = serve_error(capsys, "--host", host, "--port", "0")
+    assert f"cannot listen on --host {shlex.quote(printable(host))}: " in line
     assert phrase in line and "--host 127.0.0.1" in line and "--host 0.0.0.0" in line, line
     with listen("127.0.0.1", 0), listen("0.0.0.0", 0):  # both suggestions work
         pass
@@ -80,7 +82,7 @@ def test_a_url_as_host_gets_the_host_and_port_apart(
     capsys: pytest.CaptureFixture[str], host: str, fix: list[str]
 ) -> None:
     line = serve_error(capsys, "--host", host, "--port", "0")
-    suggested = shlex.split(re.search(r"apart: (.*)$", line).group(1))  # type: ignore[union-attr]
+    suggested = shlex.split(re.search(r"give them apart: (.*)$", line).group(1))  # type: ignore[union-attr]
     assert suggested == fix, line
     with listen(suggested[1], 0):  # the suggested host listens (on a free port: 8000 may be taken here)
         pass

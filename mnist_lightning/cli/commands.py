@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.cli.argtypes import port_number, positive_int, positive_number
-from mnist_lightning.outputs import ensure_writable_file
 from mnist_lightning.serving.export import FORMATS
 
 TRUSTED_MODEL_HELP = (
@@ -81,21 +79,28 @@ def add_export_parser(commands: Any) -> argparse.ArgumentParser:
     )
     parser = add_command(commands, "export", about)
     add_checkpoint_arguments(parser)
-    parser.add_argument("--format", choices=list(FORMATS), default="onnx", help="(default: %(default)s)")
     parser.add_argument(
-        "--output", default=None, help="file to write (default: the checkpoint's path with .onnx, .pt or .pt2)"
+        "--format", choices=list(FORMATS), default=None, help="(default: from --output's suffix, else onnx)"
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="file to write, ending in .onnx, .pt or .pt2 (default: the checkpoint's path with the format's suffix)",
     )
     return parser
 
 
 def run_export(options: argparse.Namespace) -> None:
-    from mnist_lightning.serving.export import export_model
+    from mnist_lightning.serving.export import export_model, export_target
 
-    output = options.output or Path(options.ckpt_path).with_suffix(FORMATS[options.format])
-    ensure_writable_file(output, "the export file (--output)")  # before the model is loaded and traced
+    target = export_target(options.output, options.ckpt_path, options.format)  # before the model is loaded and traced
     model = load_classifier(options.ckpt_path, trusted=trusted_classes(options))
-    written = export_model(model, output, options.format)
-    print(f"Exported {type(model).__name__} as {options.format} to {written}", file=sys.stderr)
+    try:
+        written = export_model(model, target.path, target.format)
+    except BaseException:
+        target.remove_made_folders()  # a failed export leaves nothing behind, not even the folders it made
+        raise
+    print(f"Exported {type(model).__name__} as {target.format} to {written}", file=sys.stderr)
 
 
 # -------------------------------------------------------------------------------------------------------- report

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import shlex
 import socket
 import sys
 import threading
@@ -57,7 +58,7 @@ from mnist_lightning.data.images import (
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.base import MNISTClassifier
 from mnist_lightning.serving import connections
-from mnist_lightning.serving.connections import REQUEST_TIMEOUT_S, log_fault
+from mnist_lightning.serving.connections import REQUEST_TIMEOUT_S, log_fault, printable
 
 PAGE = Path(__file__).with_name("page.html")  # packaged with the module (hatchling includes it)
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # a request body over this gets 413, never parsed (the page sends ~10 kB)
@@ -267,18 +268,25 @@ LOCAL_HOSTS = "use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every
 def listen(host: str, port: int) -> socket.socket:
     """A socket listening on ``host:port``, or one ConfigError that says which of the two is wrong and what works."""
     if not isinstance(host, str) or not host.strip() or "\x00" in host or host.startswith("unix://"):
-        raise ConfigError(f"--host {host!r} is not an IP address or host name; {LOCAL_HOSTS}")
+        raise ConfigError(
+            f"cannot listen on --host {shlex.quote(printable(host))}: not an IP address or host name; {LOCAL_HOSTS}"
+        )
     url = re.fullmatch(r"(?:[a-z]+://)?\[?([^/\[\]]*?)\]?(?::(\d+))?/?", host.strip(), re.IGNORECASE)
-    plain = url.group(1) if url and (url.group(2) or "://" in host) else None
+    plain = url.group(1) if url and ("://" in host or (url.group(2) and host.count(":") == 1)) else None
+    shown = shlex.quote(host)
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)  # create_server's own error hides which part failed
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return socket.create_server((host, port), family=family)
     except (socket.gaierror, UnicodeError):
         if plain:  # a URL or host:port where the host alone was meant
-            fix = f"--host {plain}" + (f" --port {url.group(2)}" if url.group(2) else "")  # type: ignore[union-attr]
-            raise ConfigError(f"--host {host} is not a host name; give the host and the port apart: {fix}") from None
-        raise ConfigError(f"--host {host} is not an address or a host name this machine knows; {LOCAL_HOSTS}") from None
+            fix = f"--host {shlex.quote(plain)}" + (f" --port {url.group(2)}" if url.group(2) else "")  # type: ignore[union-attr]
+            raise ConfigError(
+                f"cannot listen on --host {shown}: a URL or host:port, not a host name; give them apart: {fix}"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on --host {shown}: not an address or a host name this machine knows; {LOCAL_HOSTS}"
+        ) from None
     except OSError as err:
         if err.errno == errno.EADDRINUSE:
             raise ConfigError(
@@ -289,8 +297,8 @@ def listen(host: str, port: int) -> socket.socket:
                 f"not allowed to listen on port {port} ({err.strerror}); use --port 8000, or --port 0 for a free one"
             ) from None
         if err.errno in (errno.EADDRNOTAVAIL, errno.EINVAL, errno.EAFNOSUPPORT):
-            reason = f"is not an address of this machine ({err.strerror})"
-            raise ConfigError(f"--host {host} {reason}; {LOCAL_HOSTS}") from None
+            reason = f"not an address of this machine ({err.strerror})"
+            raise ConfigError(f"cannot listen on --host {shown}: {reason}; {LOCAL_HOSTS}") from None
         raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}); {LOCAL_HOSTS}") from None
 
 
