@@ -11,11 +11,12 @@ Every exported model takes raw MNIST-style images, ``images``: uint8 ``(N, 28, 2
 
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,14 +178,26 @@ def export_model(
                 _export_onnx(wrapped, example, tmp)
             elif fmt == "pt2":
                 program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: _batch_dim()},))
-                torch.export.save(program, str(tmp))
+                tmp.write_bytes(in_memory(lambda buffer: torch.export.save(program, buffer)))
             else:
                 with trainer_free_tracing(wrapped):
                     traced = torch.jit.trace(wrapped, (example,), check_trace=False)
-                torch.jit.save(traced, str(tmp))
+                tmp.write_bytes(in_memory(lambda buffer: torch.jit.save(traced, buffer)))
 
     # the temporary name ends like the final one: torch.export.save warns about any other suffix than .pt2
     return replace_atomically(output, write, suffix=FORMATS[fmt])
+
+
+def in_memory(save: Callable[[io.BytesIO], object]) -> bytes:
+    """What ``save`` writes to a file, as bytes: written to disk by Python, a full disk is an OSError.
+
+    torch's own file writers (``torch.jit.save`` and ``torch.export.save`` given a path) abort the whole process
+    on a full disk (a C++ exception; measured: "Fatal Python error: Aborted"), which no ``except`` can turn into
+    one line. The files are a few MB at most for these models.
+    """
+    buffer = io.BytesIO()
+    save(buffer)
+    return buffer.getvalue()
 
 
 @contextmanager
