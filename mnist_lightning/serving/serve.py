@@ -7,9 +7,11 @@ the class token's attention over the patches in every block and head.
 
 Whatever arrives, the answer is JSON: a request the server cannot use gets a 4xx with ``{"error": "..."}`` that
 says what to send instead (400 not the JSON or image expected, 404/405 wrong route or method, 413 too large a body
-or image, 415 not JSON or an image type it does not read, 422 an image without a digit), and each request costs
-bounded time and memory (:data:`MAX_UPLOAD_BYTES`, :data:`mnist_lightning.data.images.MAX_PIXELS`, at most
-:data:`DECODE_SLOTS` images decoded at once). A bug is still a 500 (JSON too), with its traceback in the log.
+or image, 415 not JSON or an image type it does not read, 422 an image without a digit; the socket-level faults,
+408 a stalled request, 411 no length, and the rest, are :mod:`.connections`'), and one line in the log; each request
+costs bounded time and memory (the request deadline, :data:`MAX_UPLOAD_BYTES`,
+:data:`mnist_lightning.data.images.MAX_PIXELS`, at most :data:`DECODE_SLOTS` images decoded at once). A bug is still
+a 500 (JSON too), with its traceback in the log.
 """
 
 from __future__ import annotations
