@@ -117,3 +117,11 @@ def test_start_server_refuses_an_infinite_timeout() -> None:
 
     with pytest.raises(ConfigError, match="the request timeout must be a positive number of seconds"):
         start_server(load_classifier(CHECKPOINT), CHECKPOINT, "127.0.0.1", 0, request_timeout=float("inf"))
+
+
+def test_the_default_request_timeout_is_the_servers() -> None:
+    from mnist_lightning.cli.main import argparse_parser
+    from mnist_lightning.serving.connections import REQUEST_TIMEOUT_S
+
+    options = argparse_parser().parse_args(["serve", "--ckpt_path", "x.ckpt"])
+    assert options.request_timeout == REQUEST_TIMEOUT_S

@@ -50,7 +50,7 @@ def add_serve_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--request_timeout",
         type=positive_number,
-        default=10.0,
+        default=5.0,  # serving.connections.REQUEST_TIMEOUT_S (not imported here: it imports werkzeug)
         metavar="SECONDS",
         help="a request (headers and body) must arrive within this, else it gets 408 (default: %(default)g)",
     )

@@ -31,7 +31,7 @@ from typing import Any
 from werkzeug.serving import WSGIRequestHandler
 
 LOG = logging.getLogger("mnist_lightning.serving.clients")  # one line per client fault (Flask logs bugs)
-REQUEST_TIMEOUT_S = 10.0  # the whole request (line, headers, body) must arrive within this; the page's take ~ms
+REQUEST_TIMEOUT_S = 5.0  # the whole request (line, headers, body) must arrive within this; the page's take ~ms
 MAX_LINE = 65536  # request line, header line or chunk-size line (http.server's own limit for the first two)
 DRAIN_LIMIT = 64 * 2**20  # after refusing a body, bytes still read and dropped so the client sees the answer
 BODY_METHODS = ("POST", "PUT", "PATCH")  # methods whose request carries a body: these need its length
