@@ -224,3 +224,17 @@ def test_the_checkpoint_itself_is_refused(isolated: Path) -> None:
     line = one_line(export("--ckpt_path", "model.pt", "--output", "./model.pt"))
     assert "is the checkpoint itself" in line, line
     assert (isolated / "model.pt").read_bytes() == FIXTURE.read_bytes()
+
+
+def test_an_empty_output_is_refused(isolated: Path, checkpoint: Path) -> None:
+    line = one_line(export("--ckpt_path", str(checkpoint), "--output", ""))
+    assert "the export file --output '' is empty" in line and suggested(line) == ["--output", "mlp.onnx"], line
+    assert files_under(isolated) == ["mlp.ckpt"]
+
+
+@pytest.mark.parametrize("link", ["loop", "broken"])
+def test_a_link_to_nothing_in_the_path_is_named_as_such(isolated: Path, checkpoint: Path, link: str) -> None:
+    (isolated / "out").symlink_to("out" if link == "loop" else "nowhere")
+    line = one_line(export("--ckpt_path", str(checkpoint), "--output", "out/m.pt"))
+    assert "cannot be made: out is a link to nothing (broken, or a loop)" in line, line
+    assert (isolated / "out").is_symlink() and not (isolated / "nowhere").exists()

@@ -78,7 +78,12 @@ def export_target(output: str | Path | None, ckpt_path: str | Path, fmt: str | N
     if fmt is not None and fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     checkpoint = Path(ckpt_path)
-    if output is None or str(output) == "":
+    if output is not None and not str(output).strip():
+        example = quoted(checkpoint.stem + FORMATS[fmt or "onnx"])
+        raise OutputPathError(
+            f"the export file --output {quoted(output)} is empty; give a file name such as --output {example}"
+        )
+    if output is None:
         fmt = fmt or "onnx"
         path = checkpoint.with_suffix(FORMATS[fmt])
         what = f"the export file {quoted(path)} (beside the checkpoint; choose another with --output)"
@@ -130,7 +135,12 @@ def missing_folders(folder: Path, what: str, example: str) -> list[Path]:
     for candidate in [folder, *folder.parents]:
         if candidate.is_dir():
             return list(reversed(missing))
-        if candidate.exists() or candidate.is_symlink():
+        if candidate.is_symlink() and not candidate.exists():
+            raise OutputPathError(
+                f"the folder of {what} cannot be made: {quoted(candidate)} is a link to nothing (broken, or a loop); "
+                f"choose another --output, such as {example}"
+            )
+        if candidate.exists():
             raise OutputPathError(
                 f"the folder of {what} cannot be made: {quoted(candidate)} is a file, not a folder; "
                 f"choose another --output, such as {example}"
@@ -226,7 +236,9 @@ def _export_onnx(wrapped: nn.Module, example: Tensor, path: Path) -> None:
         import onnx  # noqa: F401  (torch.onnx needs it, and onnxscript, to write the file)
         import onnxscript  # noqa: F401
     except ImportError as err:
-        raise ExportError(f"ONNX export needs the onnx and onnxscript packages ({err}); pip install them") from None
+        raise ExportError(
+            f"ONNX export needs the onnx and onnxscript packages ({err}); pip install onnx onnxscript"
+        ) from None
     program = torch.onnx.export(
         wrapped,
         (example,),
