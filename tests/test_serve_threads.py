@@ -134,12 +134,13 @@ def get_page(address: tuple[str, int]) -> bytes:
 
 
 def test_stalled_clients_do_not_hold_up_others(predict_request: bytes, log_lines: Lines) -> None:
-    """Five clients stall mid-body (the deadline is long here); a drawing and the page are answered meanwhile."""
+    """Twenty clients stall mid-body and twenty mid-headers (slowloris; the deadline is long here): a drawing and the
+    page are answered meanwhile."""
     with running(load_classifier(FIXTURES / "mlp.ckpt")) as address:
-        stalled = [socket.create_connection(address, timeout=60) for _ in range(5)]
+        stalled = [socket.create_connection(address, timeout=60) for _ in range(40)]
         try:
-            for connection in stalled:
-                connection.sendall(predict_request[: len(predict_request) // 2])
+            for n, connection in enumerate(stalled):
+                connection.sendall(predict_request[: len(predict_request) // 2] if n % 2 else predict_request[:40])
             status, answer = ask(address, predict_request)
             assert status == 200 and sum(answer["probabilities"]) == pytest.approx(1, abs=1e-4)  # type: ignore[arg-type]
             assert get_page(address).startswith(b"HTTP/1.1 200")

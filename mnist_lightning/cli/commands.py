@@ -45,14 +45,14 @@ def add_serve_parser(commands: Any) -> argparse.ArgumentParser:
     add_checkpoint_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument(
-        "--port", type=port_number, default=8000, help="port; 0 picks a free one (default: %(default)s)"
-    )
-    parser.add_argument(
         "--request_timeout",
         type=positive_number,
         default=5.0,  # serving.connections.REQUEST_TIMEOUT_S (not imported here: it imports werkzeug)
         metavar="SECONDS",
         help="a request (headers and body) must arrive within this, else it gets 408 (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--port", type=port_number, default=8000, help="port; 0 picks a free one (default: %(default)s)"
     )
     parser.add_argument(
         "--temperature",
