@@ -87,9 +87,10 @@ def test_an_existing_folder_gets_a_message_about_export_files(isolated: Path, ch
     fix = suggested(line)
     assert fix == ["--output", str(folder / "mlp.onnx")]
     assert export("--ckpt_path", str(checkpoint), *fix, "--format", "torchscript").returncode == 1  # onnx's suffix
-    done = export("--ckpt_path", str(checkpoint), *fix)  # exactly as printed
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert files_under(folder) == ["mlp.onnx"]
+    if "'" in name:  # the hardest to quote: follow this one's advice exactly as printed (ONNX takes a while)
+        done = export("--ckpt_path", str(checkpoint), *fix)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert files_under(folder) == ["mlp.onnx"]
 
 
 @pytest.mark.parametrize("exists", [True, False], ids=["existing", "missing"])
