@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from mnist_lightning.checkpoints import load_classifier
-from mnist_lightning.cli.argtypes import port_number, positive_int
+from mnist_lightning.cli.argtypes import port_number, positive_int, positive_number
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.evaluation.temperature import WHERE_CHOICES, apply_temperature, parse_temperature
 from mnist_lightning.models import MNISTClassifier
-from mnist_lightning.outputs import ensure_writable_file
 from mnist_lightning.serving.export import FORMATS
 
 TRUSTED_MODEL_HELP = (
@@ -51,6 +50,13 @@ def add_serve_parser(commands: Any) -> argparse.ArgumentParser:
     parser = add_command(commands, "serve", "a local page to draw digits and see the model's probabilities as you draw")
     add_checkpoint_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--request_timeout",
+        type=positive_number,
+        default=5.0,  # serving.connections.REQUEST_TIMEOUT_S (not imported here: it imports werkzeug)
+        metavar="SECONDS",
+        help="a request (headers and body) must arrive within this, else it gets 408 (default: %(default)g)",
+    )
     parser.add_argument(
         "--port", type=port_number, default=8000, help="port; 0 picks a free one (default: %(default)s)"
     )
@@ -93,7 +99,7 @@ def calibrated_classifier(options: argparse.Namespace) -> MNISTClassifier:
 def run_serve(options: argparse.Namespace) -> None:
     from mnist_lightning.serving.serve import serve
 
-    serve(calibrated_classifier(options), options.ckpt_path, options.host, options.port)
+    serve(calibrated_classifier(options), options.ckpt_path, options.host, options.port, options.request_timeout)
 
 
 # -------------------------------------------------------------------------------------------------------- export
@@ -104,23 +110,30 @@ def add_export_parser(commands: Any) -> argparse.ArgumentParser:
     )
     parser = add_command(commands, "export", about)
     add_checkpoint_arguments(parser)
-    parser.add_argument("--format", choices=list(FORMATS), default="onnx", help="(default: %(default)s)")
     parser.add_argument(
-        "--output", default=None, help="file to write (default: the checkpoint's path with .onnx, .pt or .pt2)"
+        "--format", choices=list(FORMATS), default=None, help="(default: from --output's suffix, else onnx)"
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="file to write, ending in .onnx, .pt or .pt2 (default: the checkpoint's path with the format's suffix)",
     )
     add_temperature_argument(parser, "the exported 'probabilities' ('logits' stay as they are)")
     return parser
 
 
 def run_export(options: argparse.Namespace) -> None:
-    from mnist_lightning.serving.export import export_model
+    from mnist_lightning.serving.export import export_model, export_target
 
-    output = options.output or Path(options.ckpt_path).with_suffix(FORMATS[options.format])
-    ensure_writable_file(output, "the export file (--output)")  # before the model is loaded and traced
+    target = export_target(options.output, options.ckpt_path, options.format)  # before the model is loaded and traced
     model = calibrated_classifier(options)
-    written = export_model(model, output, options.format)
+    try:
+        written = export_model(model, target.path, target.format)
+    except BaseException:
+        target.remove_made_folders()  # a failed export leaves nothing behind, not even the folders it made
+        raise
     scaled = f", probabilities at temperature {model.temperature:.3f}" if model.temperature != 1 else ""
-    print(f"Exported {type(model).__name__} as {options.format} to {written}{scaled}", file=sys.stderr)
+    print(f"Exported {type(model).__name__} as {target.format} to {written}{scaled}", file=sys.stderr)
 
 
 # -------------------------------------------------------------------------------------------------------- report

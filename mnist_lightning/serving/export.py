@@ -11,8 +11,14 @@ Every exported model takes raw MNIST-style images, ``images``: uint8 ``(N, 28, 2
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+import os
+import shlex
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -21,9 +27,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from mnist_lightning.data import normalize_uint8
-from mnist_lightning.errors import MNISTLightningError
+from mnist_lightning.errors import MNISTLightningError, OutputPathError
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.outputs import replace_atomically
+from mnist_lightning.outputs import reason, replace_atomically
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 INPUT_NAME = "images"
@@ -32,6 +38,127 @@ OUTPUT_NAMES = ("logits", "probabilities")
 
 class ExportError(MNISTLightningError, ValueError):
     """The model could not be exported; the message says why."""
+
+
+@dataclass
+class ExportTarget:
+    """Where ``export`` writes and in which format, checked before the model is loaded (:func:`export_target`)."""
+
+    path: Path
+    format: str
+    missing_folders: list[Path] = field(default_factory=list)  # made by the write, outermost first
+
+    def remove_made_folders(self) -> None:
+        """Remove the folders the write made, if they are still empty (after a failed export: nothing left)."""
+        for folder in reversed(self.missing_folders):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+
+
+def quoted(path: str | Path) -> str:
+    """A path as it must be typed in a shell."""
+    return shlex.quote(str(path))
+
+
+def export_target(output: str | Path | None, ckpt_path: str | Path, fmt: str | None = None) -> ExportTarget:
+    """The export file and its format for ``--output``/``--format``, or one error saying what to give instead.
+
+    Without ``fmt`` the format follows ``output``'s suffix (onnx without either); without ``output`` the file goes
+    beside the checkpoint with the format's suffix. Refused, each with a fix that works as printed: a folder (or a
+    name ending in a slash), a suffix that is not the format's, something that is not a regular file (a device, a
+    FIFO), the checkpoint itself, a folder that is a file or cannot be written. A missing folder is made by the write
+    (and removed again if the export fails). An existing file is replaced only by a complete new one.
+
+    Raises:
+        ExportError: an unknown format, or a suffix that does not match it.
+        OutputPathError: an output path that cannot be written as an export file.
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    checkpoint = Path(ckpt_path)
+    if output is not None and not str(output).strip():
+        example = quoted(checkpoint.stem + FORMATS[fmt or "onnx"])
+        raise OutputPathError(
+            f"the export file --output {quoted(output)} is empty; give a file name such as --output {example}"
+        )
+    if output is None:
+        fmt = fmt or "onnx"
+        path = checkpoint.with_suffix(FORMATS[fmt])
+        what = f"the export file {quoted(path)} (beside the checkpoint; choose another with --output)"
+    else:
+        path = Path(output).expanduser()
+        if str(output).endswith(("/", os.sep)) or path.is_dir():
+            example = path / (checkpoint.stem + FORMATS[fmt or "onnx"])
+            folder = "is a folder" if path.is_dir() else "names a folder (it ends in /)"
+            raise OutputPathError(
+                f"the export file --output {quoted(output)} {folder}; "
+                f"give a file name such as --output {quoted(example)}"
+            )
+        fmt = fmt or format_of(path)
+        expected = FORMATS[fmt]
+        if path.suffix.lower() != expected:
+            others = [name for name, suffix in FORMATS.items() if suffix == path.suffix.lower()]
+            instead = f", or --format {others[0]}" if others else ""
+            raise ExportError(
+                f"the export file --output {quoted(output)} does not end in {expected}, the suffix of --format {fmt}; "
+                f"use --output {quoted(path.with_suffix(expected))}{instead}"
+            )
+        what = f"the export file --output {quoted(output)}"
+    example = f"--output {quoted(checkpoint.stem + FORMATS[fmt])}"
+    if path.exists() or path.is_symlink():
+        if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+            raise OutputPathError(f"{what} is not a regular file; give a file name such as {example}")
+        if checkpoint.exists() and path.exists() and os.path.samefile(path, checkpoint):
+            raise OutputPathError(f"{what} is the checkpoint itself; give another file name such as {example}")
+    missing = missing_folders(path.parent, what, example)
+    probe_writable(path.parent if not missing else missing[0].parent, what, example)
+    return ExportTarget(path, fmt, missing)
+
+
+def format_of(path: Path) -> str:
+    """The export format a file name's suffix says."""
+    for name, suffix in FORMATS.items():
+        if path.suffix.lower() == suffix:
+            return name
+    choices = ", ".join(f"{suffix} ({name})" for name, suffix in FORMATS.items())
+    raise ExportError(
+        f"the export file --output {quoted(path)} does not say which format to write: end it in {choices}, "
+        f"such as --output {quoted(path.with_suffix('.onnx'))}, or give --format"
+    )
+
+
+def missing_folders(folder: Path, what: str, example: str) -> list[Path]:
+    """The folders above the export file that do not exist yet, outermost first; a file in the way is an error."""
+    missing: list[Path] = []
+    for candidate in [folder, *folder.parents]:
+        if candidate.is_dir():
+            return list(reversed(missing))
+        if candidate.is_symlink() and not candidate.exists():
+            raise OutputPathError(
+                f"the folder of {what} cannot be made: {quoted(candidate)} is a link to nothing (broken, or a loop); "
+                f"choose another --output, such as {example}"
+            )
+        if candidate.exists():
+            raise OutputPathError(
+                f"the folder of {what} cannot be made: {quoted(candidate)} is a file, not a folder; "
+                f"choose another --output, such as {example}"
+            )
+        missing.append(candidate)
+    return list(reversed(missing))
+
+
+def probe_writable(folder: Path, what: str, example: str) -> None:
+    """Prove a file can be made in ``folder`` (permissions, a read-only disk), leaving nothing behind."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise OutputPathError(
+            f"cannot write {what}: folder {quoted(folder)} is not writable ({reason(err)}); "
+            f"choose another --output, such as {example} in a folder you can write"
+        ) from None
 
 
 class RawImageClassifier(nn.Module):
@@ -66,14 +193,26 @@ def export_model(
                 _export_onnx(wrapped, example, tmp)
             elif fmt == "pt2":
                 program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: _batch_dim()},))
-                torch.export.save(program, str(tmp))
+                tmp.write_bytes(in_memory(lambda buffer: torch.export.save(program, buffer)))
             else:
                 with trainer_free_tracing(wrapped):
                     traced = torch.jit.trace(wrapped, (example,), check_trace=False)
-                torch.jit.save(traced, str(tmp))
+                tmp.write_bytes(in_memory(lambda buffer: torch.jit.save(traced, buffer)))
 
     # the temporary name ends like the final one: torch.export.save warns about any other suffix than .pt2
     return replace_atomically(output, write, suffix=FORMATS[fmt])
+
+
+def in_memory(save: Callable[[io.BytesIO], object]) -> bytes:
+    """What ``save`` writes to a file, as bytes: written to disk by Python, a full disk is an OSError.
+
+    torch's own file writers (``torch.jit.save`` and ``torch.export.save`` given a path) abort the whole process
+    on a full disk (a C++ exception; measured: "Fatal Python error: Aborted"), which no ``except`` can turn into
+    one line. The files are a few MB at most for these models.
+    """
+    buffer = io.BytesIO()
+    save(buffer)
+    return buffer.getvalue()
 
 
 @contextmanager
@@ -102,7 +241,9 @@ def _export_onnx(wrapped: nn.Module, example: Tensor, path: Path) -> None:
         import onnx  # noqa: F401  (torch.onnx needs it, and onnxscript, to write the file)
         import onnxscript  # noqa: F401
     except ImportError as err:
-        raise ExportError(f"ONNX export needs the onnx and onnxscript packages ({err}); pip install them") from None
+        raise ExportError(
+            f"ONNX export needs the onnx and onnxscript packages ({err}); pip install onnx onnxscript"
+        ) from None
     program = torch.onnx.export(
         wrapped,
         (example,),

@@ -7,21 +7,25 @@ the class token's attention over the patches in every block and head.
 
 Whatever arrives, the answer is JSON: a request the server cannot use gets a 4xx with ``{"error": "..."}`` that
 says what to send instead (400 not the JSON or image expected, 404/405 wrong route or method, 413 too large a body
-or image, 415 not JSON or an image type it does not read, 422 an image without a digit), and each request costs
-bounded time and memory (:data:`MAX_UPLOAD_BYTES`, :data:`mnist_lightning.data.images.MAX_PIXELS`, at most
-:data:`DECODE_SLOTS` images decoded at once). A bug is still a 500 (JSON too), with its traceback in the log.
+or image, 415 not JSON or an image type it does not read, 422 an image without a digit; the socket-level faults,
+408 a stalled request, 411 no length, and the rest, are :mod:`.connections`'), and one line in the log; each request
+costs bounded time and memory (the request deadline, :data:`MAX_UPLOAD_BYTES`,
+:data:`mnist_lightning.data.images.MAX_PIXELS`, at most :data:`DECODE_SLOTS` images decoded at once). A bug is still
+a 500 (JSON too), with its traceback in the log.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import html
 import io
 import json
 import logging
 import math
 import re
+import shlex
 import socket
 import sys
 import threading
@@ -42,7 +46,7 @@ from werkzeug.exceptions import (
     RequestEntityTooLarge,
     UnsupportedMediaType,
 )
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
+from werkzeug.serving import BaseWSGIServer
 
 from mnist_lightning.data import normalize_uint8
 from mnist_lightning.data.images import (
@@ -55,11 +59,12 @@ from mnist_lightning.data.images import (
 )
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.base import MNISTClassifier
+from mnist_lightning.serving import connections
+from mnist_lightning.serving.connections import REQUEST_TIMEOUT_S, log_fault, printable
 
 PAGE = Path(__file__).with_name("page.html")  # packaged with the module (hatchling includes it)
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # a request body over this gets 413, never parsed (the page sends ~10 kB)
 DECODE_SLOTS = 2  # images decoded and prepared at once: bounds memory when many large ones arrive together
-SOCKET_TIMEOUT_S = 30  # a client that stops sending mid-request is dropped after this long
 # the media types of the data URLs accepted, for the formats that handwriting.open_image reads
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/bmp", "image/webp", "image/tiff")
 DATA_URL = re.compile(r"data:([^,;]*)((?:;[^,;]*)*),", re.IGNORECASE)
@@ -131,6 +136,9 @@ def json_error(err: HTTPException) -> Response:
             message = f"{request.method} is not allowed on {request.path}; use {allowed}"
         elif isinstance(err, RequestEntityTooLarge):
             message = f"the body is over {MAX_UPLOAD_BYTES // 2**20} MB; {SEND}"
+    if err.code is not None and err.code < 500:  # a 500's traceback is in the log already (Flask logs it)
+        path = request.full_path.rstrip("?")
+        log_fault(request.remote_addr or "<local>", f"{request.method} {path}", err.code, message)
     response.set_data(json.dumps({"error": message}))
     response.content_type = "application/json"
     return response
@@ -211,58 +219,112 @@ def create_app(model: MNISTClassifier, title: str = "", max_pixels: int = MAX_PI
     return app
 
 
-class RequestHandler(WSGIRequestHandler):
-    """Werkzeug's handler with a socket timeout, so that a stalled client cannot hold a thread forever, and JSON
-    errors for requests too malformed to reach Flask (a garbled request line, too many or too long headers)."""
+class RequestHandler(connections.RequestHandler):
+    """The handler that reads each request whole before a deadline; its malformed-request answers say what to send."""
 
-    timeout = SOCKET_TIMEOUT_S
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's error page, as ``{"error": ...}`` instead of HTML."""
-        self.log_error("code %d, message %s", code, message)
-        body = json.dumps({"error": f"{message or self.responses.get(code, ('error',))[0]}; {SEND}"}).encode()
-        self.send_response(code)  # the standard reason phrase: message may hold what the client sent
-        self.send_header("Connection", "close")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
-            self.wfile.write(body)
+    advice = SEND
 
 
 def start_server(
-    model: MNISTClassifier, ckpt_path: str | Path, host: str = "127.0.0.1", port: int = 8000
+    model: MNISTClassifier,
+    ckpt_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    request_timeout: float = REQUEST_TIMEOUT_S,
 ) -> BaseWSGIServer:
     """Bind the drawing page's server for ``model`` (not yet serving: call ``serve_forever``); port 0 picks one.
 
+    Each connection has its own thread; a request must arrive whole (line, headers, body) within ``request_timeout``
+    seconds, else it gets a 408 (see :mod:`mnist_lightning.serving.connections`).
+
     Raises:
-        ConfigError: ``port`` outside 0..65535, or ``host:port`` cannot be listened on.
+        ConfigError: ``port`` outside 0..65535, a ``host`` that is not an address of this machine, ``host:port`` in
+            use or not allowed, or a ``request_timeout`` that is not a positive number of seconds.
     """
-    from werkzeug.serving import make_server, select_address_family
+    from werkzeug.serving import make_server
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(
             f"the port must be between 0 and 65535, got {port}; pass --port 8000, or --port 0 for a free one"
         )
+    if not (isinstance(request_timeout, int | float) and 0 < request_timeout < math.inf):
+        raise ConfigError(f"the request timeout must be a positive number of seconds, got {request_timeout}; try 10")
+    if isinstance(host, str) and re.fullmatch(r"\[[0-9a-fA-F:.%\w]+\]", host):
+        host = host[1:-1]  # an IPv6 address as a URL writes it: [::1]
     app = create_app(model, title=f"{type(model).__name__} · {Path(ckpt_path).name}")
-    # bind here so a busy port is one clear error (werkzeug would print its own lines and exit)
+    listener = listen(host, port)  # here, so that each way to fail is one clear line (werkzeug would exit)
     try:
-        listener = socket.create_server((host, port), family=select_address_family(host, port))
-    except OSError as err:
-        raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}); pick another --port") from None
-    try:
-        return make_server(
+        server = make_server(
             host, listener.getsockname()[1], app, threaded=True, request_handler=RequestHandler, fd=listener.fileno()
         )
     finally:
         listener.close()  # the server holds its own duplicate of the socket
+    server.request_timeout = float(request_timeout)  # type: ignore[attr-defined]  # read by RequestHandler
+    server.max_body = MAX_UPLOAD_BYTES  # type: ignore[attr-defined]
+    return server
 
 
-def serve(model: MNISTClassifier, ckpt_path: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the drawing page for ``model`` until interrupted; port 0 picks a free port (printed)."""
-    server = start_server(model, ckpt_path, host, port)
+LOCAL_HOSTS = "use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every network interface)"
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``, or one ConfigError that says which of the two is wrong and what works."""
+    if not isinstance(host, str) or not host.strip() or "\x00" in host or host.startswith("unix://"):
+        raise ConfigError(
+            f"cannot listen on --host {shlex.quote(printable(host))}: not an IP address or host name; {LOCAL_HOSTS}"
+        )
+    url = re.fullmatch(r"(?:[a-z]+://)?\[?([^/\[\]]*?)\]?(?::(\d+))?/?", host.strip(), re.IGNORECASE)
+    plain = url.group(1) if url and ("://" in host or (url.group(2) and host.count(":") == 1)) else None
+    shown = shlex.quote(host)
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)  # create_server's own error hides which part failed
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family)
+    except (socket.gaierror, UnicodeError):
+        if plain:  # a URL or host:port where the host alone was meant
+            fix = f"--host {shlex.quote(plain)}" + (f" --port {url.group(2)}" if url.group(2) else "")  # type: ignore[union-attr]
+            raise ConfigError(
+                f"cannot listen on --host {shown}: a URL or host:port, not a host name; give them apart: {fix}"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on --host {shown}: not an address or a host name this machine knows; {LOCAL_HOSTS}"
+        ) from None
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is in use (another server?); pick another --port, or --port 0 for a free one"
+            ) from None
+        if err.errno == errno.EACCES:
+            raise ConfigError(
+                f"not allowed to listen on port {port} ({err.strerror}); use --port 8000, or --port 0 for a free one"
+            ) from None
+        if err.errno in (errno.EADDRNOTAVAIL, errno.EINVAL, errno.EAFNOSUPPORT):
+            reason = f"not an address of this machine ({err.strerror})"
+            raise ConfigError(f"cannot listen on --host {shown}: {reason}; {LOCAL_HOSTS}") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}); {LOCAL_HOSTS}") from None
+
+
+def serve(
+    model: MNISTClassifier,
+    ckpt_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    request_timeout: float = REQUEST_TIMEOUT_S,
+) -> None:
+    """Serve the drawing page for ``model`` until interrupted; port 0 picks a free port (printed).
+
+    The log (stderr) has one line per request the server refused or a client dropped, and a traceback per bug.
+    """
+    server = start_server(model, ckpt_path, host, port, request_timeout)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request while drawing
-    print(f"Serving {ckpt_path} on http://{host}:{server.port}/ (Ctrl+C to stop)", flush=True)
+    if not connections.LOG.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        connections.LOG.addHandler(handler)
+        connections.LOG.setLevel(logging.INFO)
+        connections.LOG.propagate = False  # its one line, not a second copy through a root handler
+    shown = f"[{server.host}]" if ":" in server.host else server.host
+    print(f"Serving {ckpt_path} on http://{shown}:{server.port}/ (Ctrl+C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
