@@ -47,6 +47,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 import yaml
@@ -229,7 +230,8 @@ def run_ensemble(
     if tiny:
         args += ["--trainer.limit_test_batches=2", "--data.eval_batch_size=100"]
     start = time.perf_counter()
-    cli = MNISTLightningCLI(args=args)
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # the script's own options are not the CLI's
+        cli = MNISTLightningCLI(args=args)
     seconds = time.perf_counter() - start
     metrics = cli.trainer.callback_metrics
     counts = ", ".join(f"{preset} ×{sum(1 for m in members if m.parent.name == preset)}" for preset in presets)
