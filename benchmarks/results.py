@@ -39,6 +39,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -200,6 +201,9 @@ def save_row(results: Path, output: Path, key: str, row: dict[str, Any]) -> dict
             runs = dict(rows.get(key, {}).get("runs", {}))
             runs[str(row["seed"])] = row
             row = over_seeds(runs)
+        if row.get("views_chosen_on") == "validation":  # it replaces the same members' rows with views given by hand
+            same = key.split(";")[0] + ";"
+            rows = {k: r for k, r in rows.items() if not k.startswith(same) or r.get("views_chosen_on")}
         rows[key] = row
         write_atomically(results, json.dumps(rows, indent=2) + "\n")
         write_atomically(output, markdown(rows))
@@ -252,10 +256,19 @@ def run_ensemble(
     }
 
 
+def command_cell(row: dict[str, Any]) -> str:
+    """The command that regenerates an ensemble row: for a row with views given by hand, the one that now replaces
+    it (``--tta`` there is the most views considered, no longer the count used)."""
+    if row.get("views_chosen_on") == "validation":
+        return row["command"]
+    return re.sub(r" --tta \d+", "", row["command"])
+
+
 def views_cell(row: dict[str, Any]) -> tuple[str, str]:
     """The views column of an ensemble row and its validation column: the choice and what it was made on."""
     if row.get("views_chosen_on") != "validation":  # rows from before the choice was made on validation
         return f"{row['views']}, given by hand (not chosen on validation)", "—"
+
     scores = {int(k): v for k, v in row["val_by_views"].items()}
     chosen, one = scores[row["views"]], scores[1]
     return (
@@ -323,7 +336,8 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
             "averaged probabilities. The number of views is chosen on the validation split the checkpoints were chosen",
             "on (the best validation accuracy, then NLL, then fewer views), and only then is the test set used, once.",
             "Rows whose views were given by hand were each tested at the count given: they compare counts on the",
-            "test set and recommend none. Each row's command regenerates it from the kept checkpoints.",
+            "test set and recommend none. Each row's command regenerates it from the kept checkpoints (for a row",
+            "with views given by hand, it makes the row that replaces it, with the views chosen on validation).",
             "",
             "| ensemble | views | val acc, chosen views | parameters | test acc | test loss | test seconds | hardware "
             "| date | command |",
@@ -335,7 +349,7 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
             lines.append(
                 f"| {key.removeprefix('ensemble: ').split(';')[0]} | {views} | {val} | {r['parameters']:,} | "
                 f"{r['test_acc']:.2f}% | {r['test_loss']:.4f} | {r['test_seconds']:.1f} | {r['hardware']}"
-                f"{'; ' + r['load'] if r.get('load') else ''} | {r['date']} | `{r['command']}` |"
+                f"{'; ' + r['load'] if r.get('load') else ''} | {r['date']} | `{command_cell(r)}` |"
             )
     return "\n".join(lines) + "\n"
 
