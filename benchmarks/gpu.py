@@ -82,9 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cap-tests", type=float, default=45, help="seconds for the CUDA tests (and DDP)")
     parser.add_argument("--cap-speedrun", type=float, default=75, help="seconds for the speedrun's seeds")
     parser.add_argument("--cap-speedrun-995", type=float, default=90, help="seconds for speedrun_995's seeds")
-    parser.add_argument("--cap-speed", type=float, default=140, help="seconds for the speed.py comparison")
+    parser.add_argument("--cap-speed", type=float, default=115, help="seconds for the speed.py comparison")
     parser.add_argument(
-        "--cap-frontier", type=float, default=150, help="seconds for resnet_frontier's seeds and their committee"
+        "--cap-frontier", type=float, default=180, help="seconds for resnet_frontier's seeds and their committee"
     )
     parser.add_argument("--cap-recipes", type=float, default=None, help="seconds for the recipes (default: the rest)")
     parser.add_argument("--preset-cap", type=float, default=150, help="seconds for one preset's whole recipe")

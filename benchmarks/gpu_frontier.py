@@ -32,6 +32,31 @@ COMMITTEE_TARGET = 99.82  # a committee of 10 of them
 QUIET = ["--media.enabled=false", "--checkpoint.last_every_n_train_steps=0"]
 TINY_NET = ["--model.init_args.stem_channels=8", "--model.init_args.widths=[8,8,16,16]"]
 MARGIN = 1.15  # a seed starts only when its projection, times this, still fits
+# gpu.md's paragraphs on this part and its expected time (written before any GPU ran it), kept on every page it writes
+ESTIMATE = """## The frontier on the GPU
+
+The `frontier` part (cap 180 s, `--cap-frontier`) probes `configs/resnet_frontier.yaml` for a few steps, then runs
+its whole recipe once per seed while one more seed and the committee's evaluation still fit (`--frontier-seeds`, 10
+at most), with figures off and `last.ckpt` written at epoch ends only (neither is part of the recipe). The kept
+best-validation checkpoints then form the committee: its number of test-time views (1 to 9) is chosen on the 5,000
+validation images, and the test set is used once, with that number. The seeds' mean and the committee are compared
+with the public recipe's 99.74% (single models) and 99.82% (a committee of 10) only from 3 seeds and 2 members on;
+a tiny run compares nothing. `--frontier-args` passes more fit options (e.g. `"--trainer.precision=bf16-mixed"`).
+
+Expected time per seed on one H100, **an estimate** (no GPU has run it yet): about 1 minute. The recipe is 11 epochs
+of 550 steps of 100 images, 6,050 steps. Its forward pass costs 0.80 GFLOP per image (torch's FLOP counter), so
+training costs 3 × 0.80 × 100 × 6,050 ≈ 1.45 PFLOP: 7–12 s at 120–200 TFLOP/s, a quarter to 40% of the H100's dense
+TF32 peak that cuDNN's convolutions use by default. At batch 100 the step is more likely bounded by the host: the
+speedrun_995 goal (1,296 steps in under 5 s) assumes at most 3.9 ms per step for a network of 2 convolutions, and
+this one has 14 convolutions and 14 BatchNorms, so about 5 ms per step, 30 s, with the GPU's work hidden under it.
+Set-up, 11 validations of 5,000 images, checkpoints and the test add 15–20 s: 45–60 s per seed, so the cap holds
+the probe and 2 seeds, and `--frontier-seeds 10 --cap-frontier 700 --skip tests speedrun speedrun_995 speed recipes`
+would take a whole 10-minute call for a committee of 10. On one thread of the shared 2-core CPU one epoch
+alone takes 65–105 minutes ([presets.md](../docs/presets.md#the-frontier-presets)).
+
+The budget, 540 s: tests 45 s, speedrun 75 s, speedrun_995 90 s, speed 115 s, frontier 180 s; the recipes get what
+is left (about 35 s, enough for the cheapest; `--skip frontier` gives them 215 s).
+"""
 
 
 def committee_seconds(entry: dict[str, Any], members: int, tiny: bool) -> float:

@@ -239,7 +239,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for section in (time_section, speedrun_section, speed_section, frontier_section, recipes_section, tests_section):
         lines += [*section(report), ""]
-    lines.append(HOWTO)
+    lines += [gpu_frontier.ESTIMATE, HOWTO]
     return "\n".join(lines)
 
 
