@@ -239,7 +239,9 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for section in (time_section, speedrun_section, speed_section, frontier_section, recipes_section, tests_section):
         lines += [*section(report), ""]
-    lines += [gpu_frontier.ESTIMATE, HOWTO]
+    if not report["tiny"]:  # an estimate and what it implies: nothing a tiny run's page should carry
+        lines.append(gpu_frontier.ESTIMATE)
+    lines.append(HOWTO)
     return "\n".join(lines)
 
 

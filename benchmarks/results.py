@@ -62,6 +62,7 @@ from results_parallel import run_side_by_side  # noqa: E402
 from results_views import choose_views  # noqa: E402
 
 from mnist_lightning.cli import MNISTLightningCLI  # noqa: E402
+from mnist_lightning.errors import ConfigError  # noqa: E402
 from mnist_lightning.evaluation.ensemble import MAX_VIEWS  # noqa: E402
 from mnist_lightning.outputs import replace_atomically, write_atomically  # noqa: E402
 from mnist_lightning.threads import share_threads  # noqa: E402
@@ -412,7 +413,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.ensemble:
         share_threads(1, args.threads)
         with tempfile.TemporaryDirectory(prefix="mnist-results-") as workdir:
-            key, row = run_ensemble(args.ensemble, args.keep, args.tta, Path(workdir), args.tiny)
+            try:
+                key, row = run_ensemble(args.ensemble, args.keep, args.tta, Path(workdir), args.tiny)
+            except (FileNotFoundError, ConfigError) as error:  # no kept checkpoints, members of different splits
+                sys.exit(f"results.py: {error}")
         print(json.dumps(row), flush=True)
         rows = save_row(args.results, args.output, key, row)
     elif not args.table_only and args.parallel > 1 and len(jobs) > 1:

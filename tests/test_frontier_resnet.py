@@ -179,3 +179,9 @@ def test_the_committed_table_recommends_no_count_chosen_on_test() -> None:
     rows = [line for line in table.splitlines() if line.startswith("| ") and "×" in line]
     assert rows and all("chosen on validation" in row or "not chosen on validation" in row for row in rows)
     assert (CONFIGS / "resnet_frontier.yaml").is_file()
+
+
+def test_an_ensemble_without_kept_checkpoints_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"^results.py: no kept checkpoints .*/<preset>/seed\*.ckpt for cnn_frontier$"):
+        results.main(["--ensemble", "cnn_frontier", "--keep", str(tmp_path), "--results", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
