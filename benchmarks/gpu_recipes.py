@@ -149,5 +149,6 @@ def write_results(
     part's) merged in."""
     rows, notes = merge_rows(committed, {**(more or {}), **report["rows"]})
     report["merge_notes"] = notes
+    out.mkdir(parents=True, exist_ok=True)  # also when every part before this one was skipped
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "results.md").write_text(results.markdown(rows))

@@ -306,3 +306,11 @@ def test_speedrun_995_preset_loads_and_trains_a_few_batches(isolated: Path) -> N
     assert cli.trainer.global_step == 3 and timer.train_seconds > 0
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert not (isolated / "runs" / "media").exists() and not list(isolated.rglob("*.png"))  # no figures
+
+
+def test_the_results_tables_are_written_into_an_out_folder_not_made_yet(tmp_path: Path) -> None:
+    # every part before the frontier or the recipes skipped: nothing has made --out yet
+    committed = {"linear": json.loads((REPO / "benchmarks" / "results.json").read_text())["linear"]}
+    frontier = {**committed["linear"], "preset": "resnet_frontier", "recipe_epochs": 11, "epochs": 11}
+    gpu_recipes.write_results({"rows": {}}, committed, tmp_path / "out", {"resnet_frontier": frontier})
+    assert set(json.loads((tmp_path / "out" / "results.json").read_text())) == {"linear", "resnet_frontier"}
