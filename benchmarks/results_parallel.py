@@ -50,14 +50,20 @@ def run_side_by_side(
     env = child_environment(processes, args.threads)
     print(f"results.py: {len(jobs)} fits, {processes} at a time, {env['OMP_NUM_THREADS']} thread(s) each", flush=True)
     waiting, running, failed = list(jobs), [], []
-    while waiting or running:
-        while waiting and len(running) < processes:
-            preset, seed = waiting.pop(0)
-            running.append((f"{preset} seed {seed}", start(child_command(preset, seed, args), env=env)))
-        time.sleep(0.1)
-        for name, process in list(running):
-            if process.poll() is not None:
-                running.remove((name, process))
-                if process.returncode != 0:
-                    failed.append(name)
+    try:
+        while waiting or running:
+            while waiting and len(running) < processes:
+                preset, seed = waiting.pop(0)
+                name = preset if seed is None else f"{preset} seed {seed}"
+                running.append((name, start(child_command(preset, seed, args), env=env)))
+            time.sleep(0.1)
+            for name, process in list(running):
+                if process.poll() is not None:
+                    running.remove((name, process))
+                    if process.returncode != 0:
+                        failed.append(name)
+    finally:  # interrupted (Ctrl-C reaches the children too) or failed: no child is left running on its own
+        for _, process in running:
+            if process.poll() is None:
+                process.terminate()
     return failed
