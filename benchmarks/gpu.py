@@ -9,7 +9,9 @@ On one H100 or H200, in this order, each part under its own time cap inside one 
    start-up and data loading excluded), mean ± std over the seeds that fit in the cap (``--seeds`` at most);
 3. ``benchmarks/speed.py``'s comparison (fit, the plain loop, bare Lightning) for the MLP, the convnet and the ViT,
    in 32-bit, bf16-mixed and compiled variants, and what separates fit from the plain loop for the MLP;
-4. full recipes through ``benchmarks/results.py``: each preset is probed for a few steps first, and runs only when
+4. the frontier: ``configs/resnet_frontier.yaml`` over as many seeds as fit its cap, each a whole recipe, then their
+   committee, whose number of test-time views is chosen on the validation split before the test set is used once;
+5. full recipes through ``benchmarks/results.py``: each preset is probed for a few steps first, and runs only when
    the projected time fits what is left (presets whose committed row is capped first, then the cheapest); a preset
    that still overruns is stopped at its cap.
 
@@ -23,7 +25,7 @@ folder unless ``--out`` names one (a tiny run never touches ``benchmarks/`` by i
     python benchmarks/gpu.py --tiny              # a few batches of everything on the CPU: checks that it still works
 
 The parts live beside this file: gpu_budget.py (caps), gpu_staging.py (MNIST and wheels), gpu_cuda.py (1),
-gpu_speedruns.py (2), gpu_speed.py (3), gpu_recipes.py (4) and gpu_report.py (the tables).
+gpu_speedruns.py (2), gpu_speed.py (3), gpu_frontier.py (4), gpu_recipes.py (5) and gpu_report.py (the tables).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ sys.path.insert(0, str(HERE))  # the parts beside this file, speed.py and result
 import torch  # noqa: E402
 from gpu_budget import Budget  # noqa: E402
 from gpu_cuda import run_tests  # noqa: E402
+from gpu_frontier import result_rows, run_frontier  # noqa: E402
 from gpu_recipes import run_recipes, write_results  # noqa: E402
 from gpu_report import environment, write_report  # noqa: E402
 from gpu_speed import run_speed  # noqa: E402
@@ -60,7 +63,7 @@ RECIPE_PRESETS = ["convnet", "vit", "vit_encoder", "cnn_strong", "vit_strong", "
 SPEED_VARIANTS = "32-true,bf16-mixed,32-true+compile"
 SPEED_MODELS = "mlp_128_64,convnet,vit"
 
-PARTS = ["tests", "speedrun", "speedrun_995", "speed", "recipes"]
+PARTS = ["tests", "speedrun", "speedrun_995", "speed", "frontier", "recipes"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,12 +82,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cap-tests", type=float, default=45, help="seconds for the CUDA tests (and DDP)")
     parser.add_argument("--cap-speedrun", type=float, default=75, help="seconds for the speedrun's seeds")
     parser.add_argument("--cap-speedrun-995", type=float, default=90, help="seconds for speedrun_995's seeds")
-    parser.add_argument("--cap-speed", type=float, default=140, help="seconds for the speed.py comparison")
+    parser.add_argument("--cap-speed", type=float, default=115, help="seconds for the speed.py comparison")
+    parser.add_argument(
+        "--cap-frontier", type=float, default=180, help="seconds for resnet_frontier's seeds and their committee"
+    )
     parser.add_argument("--cap-recipes", type=float, default=None, help="seconds for the recipes (default: the rest)")
     parser.add_argument("--preset-cap", type=float, default=150, help="seconds for one preset's whole recipe")
     parser.add_argument("--seeds", type=int, default=30, help="speedrun seeds at most (as many as fit the cap)")
     parser.add_argument("--min-seeds", type=int, default=10, help="seeds needed to count a target as reached")
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--frontier-seeds", type=int, default=10, help="resnet_frontier seeds at most (as fit the cap)")
+    parser.add_argument("--frontier-args", default="", help="more fit options for configs/resnet_frontier.yaml")
     parser.add_argument("--speedrun-args", default="", help="more fit options for configs/speedrun.yaml")
     parser.add_argument("--speedrun-995-args", default="", help="more fit options for configs/speedrun_995.yaml")
     parser.add_argument("--compile-speedruns", action="store_true", help="torch.compile the speedrun networks")
@@ -105,7 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         opts.seeds, opts.min_seeds, opts.speed_epochs, opts.speed_batches = 2, 2, 1, 5
         # a CPU shared with other work can be many times slower than usual: the tiny run must not hit its caps
         opts.budget, opts.preset_cap = opts.budget * 20, opts.preset_cap * 20
-        for name in ("cap_tests", "cap_speedrun", "cap_speedrun_995", "cap_speed"):
+        opts.frontier_seeds = 2
+        for name in ("cap_tests", "cap_speedrun", "cap_speedrun_995", "cap_speed", "cap_frontier"):
             setattr(opts, name, getattr(opts, name) * 20)
         if opts.speed_models == SPEED_MODELS:
             opts.speed_models = "mlp_128_64"  # speed.py's own tiny test covers the convnet and the ViT
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tests": {},
         "speedruns": [],
         "speed": [],
+        "frontier": {},
         "recipes": {},
     }
     print(f"[gpu] {report['environment']['device']}, torch {torch.__version__}, budget {opts.budget:.0f} s", flush=True)
@@ -153,15 +163,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with budget.part("speed", opts.cap_speed) as part:
             run_speed(part, opts, report["speed"])
         write_report(report, budget, opts.out)
+    committed_path = HERE / "results.json"
+    committed = json.loads(committed_path.read_text()) if committed_path.is_file() else {}
+    report["recipes"] = {"presets": {}, "rows": {}}
+    if "frontier" not in opts.skip:
+        with budget.part("frontier", opts.cap_frontier) as part:
+            try:
+                run_frontier(part, opts, report["frontier"])
+            finally:  # the seeds measured before a failure still count
+                write_results(report["recipes"], committed, opts.out, result_rows(report["frontier"]))
+        write_report(report, budget, opts.out)
     if "recipes" not in opts.skip:
-        report["recipes"] = {"presets": {}, "rows": {}}
-        committed_path = HERE / "results.json"
-        committed = json.loads(committed_path.read_text()) if committed_path.is_file() else {}
         with budget.part("recipes", opts.cap_recipes) as part:
             try:
                 run_recipes(part, opts, report["recipes"], committed)
             finally:  # the rows measured before a failure still count
-                write_results(report["recipes"], committed, opts.out)
+                write_results(report["recipes"], committed, opts.out, result_rows(report["frontier"]))
         write_report(report, budget, opts.out)
 
     print("[gpu] where the time went:", flush=True)

@@ -12,6 +12,7 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,14 @@ class ValidationTimer(L.Callback):
             self.seconds.append(time.perf_counter() - self.start)
 
 
-def probe(preset: str, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """A few training steps and validation batches of ``preset``; the seconds its whole recipe would take."""
+def probe(preset: str, opts: argparse.Namespace, workdir: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """A few training steps and validation batches of ``preset`` (with ``extra`` fit options); the seconds its
+    whole recipe would take."""
     steps, val = (2, 2) if opts.tiny else (opts.probe_steps, 2)
     start = time.perf_counter()
     args = ["--config", str(config_dir() / "defaults.yaml"), "--config", str(config_dir() / f"{preset}.yaml")]
     args += ["--trainer.max_epochs=2", f"--trainer.limit_train_batches={steps}", f"--trainer.limit_val_batches={val}"]
-    args += ["--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false"]
+    args += ["--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false", *extra]
     cli = speed.build(args, workdir)
     timer, validation = TrainTimer(), ValidationTimer()
     cli.trainer.callbacks.extend([timer, validation])
@@ -86,7 +88,8 @@ def merge_rows(committed: dict[str, dict], new: dict[str, dict]) -> tuple[dict[s
     rows, notes = dict(committed), []
     for preset, row in new.items():
         old = rows.get(preset)
-        if old and old["epochs"] >= old["recipe_epochs"] and row["epochs"] < old["epochs"]:
+        # (ensemble rows have no epochs: a new one replaces the old)
+        if old and "epochs" in old and "epochs" in row and old["epochs"] >= old["recipe_epochs"] > row["epochs"]:
             notes.append(f"`{preset}`: kept the committed {old['epochs']}-epoch row ({old['hardware']})")
             continue
         rows[preset] = row
@@ -139,9 +142,13 @@ def run_recipes(part: Part, opts: argparse.Namespace, report: dict[str, Any], co
             print(f"[gpu] recipe {preset}: {row['test_acc']:.2f}% in {entry['seconds']:.0f} s", flush=True)
 
 
-def write_results(report: dict[str, Any], committed: dict[str, dict], out: Path) -> None:
-    """results.json and results.md in ``out``: the committed rows with this run's merged in."""
-    rows, notes = merge_rows(committed, report["rows"])
+def write_results(
+    report: dict[str, Any], committed: dict[str, dict], out: Path, more: dict[str, dict] | None = None
+) -> None:
+    """results.json and results.md in ``out``: the committed rows with this run's (and ``more``: the frontier
+    part's) merged in."""
+    rows, notes = merge_rows(committed, {**(more or {}), **report["rows"]})
     report["merge_notes"] = notes
+    out.mkdir(parents=True, exist_ok=True)  # also when every part before this one was skipped
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "results.md").write_text(results.markdown(rows))

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import gpu_frontier
 import speed_report
 import torch
 from gpu_budget import Budget
@@ -171,6 +172,11 @@ def speed_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def frontier_section(report: dict[str, Any]) -> list[str]:
+    """resnet_frontier's seeds and committee (gpu_frontier.py draws it)."""
+    return gpu_frontier.section(report, report["tiny"])
+
+
 def recipes_section(report: dict[str, Any]) -> list[str]:
     """Each preset's probe, projection and outcome, with the row it measured; then the merge notes."""
     rec = report["recipes"]
@@ -231,8 +237,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"lightning {env['lightning']}, Python {env['python']}; {env['gpus']} GPU(s). Command: `{report['command']}`",
         "",
     ]
-    for section in (time_section, speedrun_section, speed_section, recipes_section, tests_section):
+    for section in (time_section, speedrun_section, speed_section, frontier_section, recipes_section, tests_section):
         lines += [*section(report), ""]
+    if not report["tiny"]:  # an estimate and what it implies: nothing a tiny run's page should carry
+        lines.append(gpu_frontier.ESTIMATE)
     lines.append(HOWTO)
     return "\n".join(lines)
 

@@ -23,5 +23,5 @@ CATALOGUE_PRESETS = [
     "vit_encoder",
 ]
 STRONG_PRESETS = ["mlp_strong", "cnn_strong", "vit_strong"]
-FRONTIER_PRESETS = ["cnn_frontier", "mlp_frontier", "vit_frontier"]
+FRONTIER_PRESETS = ["cnn_frontier", "mlp_frontier", "vit_frontier", "resnet_frontier"]
 ALL_PRESETS = CATALOGUE_PRESETS + STRONG_PRESETS + FRONTIER_PRESETS

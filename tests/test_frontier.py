@@ -297,9 +297,19 @@ def test_seed_rows_merge_into_mean_and_spread(tmp_path: Path) -> None:
     assert sorted(row["runs"]) == ["1", "2", "3"]
     assert "| 99.72 ± 0.02% (3 seeds: 1, 2, 3) |" in md.read_text()
     assert "`python benchmarks/results.py --presets cnn_frontier --seeds 1 2 3 --keep" in md.read_text()
-    results.save_row(out, md, "ensemble: cnn_frontier ×3; 5 views", {
-        "ensemble": ["a", "b", "c"], "views": 5, "parameters": 837_150, "test_acc": 99.81, "test_loss": 0.02,
-        "test_seconds": 30.0, "hardware": "CPU test", "date": "2026-12-02", "command": "python x"})  # fmt: skip
+    assert "--parallel 3`" in md.read_text()
+    ensemble = {"ensemble": ["a", "b", "c"], "parameters": 837_150, "test_loss": 0.02, "test_seconds": 30.0,
+                "hardware": "CPU test", "date": "2026-12-02"}  # fmt: skip
+    # an older row whose views were given by hand (and tested at that count): shown, recommending nothing
+    hand = {**ensemble, "views": 9, "test_acc": 99.83, "command": "python benchmarks/results.py --ensemble x --tta 9"}
+    results.save_row(out, md, "ensemble: cnn_frontier ×3; 9 views", hand)
+    assert "| cnn_frontier ×3 | 9, given by hand (not chosen on validation) | — | 837,150 | 99.83% |" in md.read_text()
+    assert "`python benchmarks/results.py --ensemble x` |" in md.read_text()  # today's command replaces it
+    scores = {"1": {"acc": 99.7, "nll": 0.02}, "5": {"acc": 99.76, "nll": 0.019}}
+    chosen = {**ensemble, "views": 5, "views_chosen_on": "validation", "val_images": 5000, "val_by_views": scores,
+              "test_acc": 99.81, "command": "python benchmarks/results.py --ensemble x"}  # fmt: skip
+    results.save_row(out, md, "ensemble: cnn_frontier ×3; views chosen on validation", chosen)
     table = md.read_text()
-    assert "| cnn_frontier ×3 | 5 | 837,150 | 99.81% |" in table
+    assert "| cnn_frontier ×3 | 5 of 1–5, chosen on validation | 99.76% (99.70% with 1 view; 5,000 images) |" in table
+    assert "given by hand" not in table.split("| command |")[1]  # the same members' hand-picked row is replaced
     assert math.isclose(json.loads(out.read_text())["cnn_frontier"]["test_acc"], 99.72)

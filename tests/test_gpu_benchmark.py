@@ -25,9 +25,11 @@ BENCHMARKS = REPO / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the scripts import their parts as siblings, as `python benchmarks/gpu.py` does
 import gpu_budget  # noqa: E402
 import gpu_cuda  # noqa: E402
+import gpu_frontier  # noqa: E402
 import gpu_recipes  # noqa: E402
 import gpu_report  # noqa: E402
 import gpu_staging  # noqa: E402
+import results_views  # noqa: E402
 
 
 class FakeClock:
@@ -68,7 +70,7 @@ def test_tiny_mode_writes_every_table_with_hardware_versions_and_date(tiny_run) 
 
     # where the time went: every part ran, inside what it was allowed
     parts = {p["name"]: p for p in report["parts"]}
-    assert list(parts) == ["tests", "speedrun", "speedrun_995", "speed", "recipes"]
+    assert list(parts) == ["tests", "speedrun", "speedrun_995", "speed", "frontier", "recipes"]
     for part in parts.values():
         assert part["status"] == "done" and 0 < part["spent_s"] <= part["allowance_s"] <= part["cap_s"]
         assert f"| {part['name']} | {part['cap_s']:.0f} |" in table
@@ -127,13 +129,35 @@ def test_tiny_recipes_merge_into_a_copy_of_the_results_table(tiny_run) -> None:
         assert 0 <= row["test_acc"] <= 100 and row["epochs"] == 1 and row["hardware"].startswith("CPU")
     committed = json.loads((REPO / "benchmarks" / "results.json").read_text())
     merged = json.loads((out / "results.json").read_text())
-    assert set(merged) == set(committed)
+    frontier = {"resnet_frontier", report["frontier"]["committee"]["key"]}
+    assert set(merged) == set(committed) | frontier
     # convnet's committed row was capped: the tiny row replaces it (marked); mlp_strong's full row is kept
     assert merged["convnet"] == recipes["rows"]["convnet"] and "tiny" in merged["convnet"]["load"]
     assert merged["mlp_strong"] == committed["mlp_strong"]
     assert any("`mlp_strong`: kept" in note for note in recipes["merge_notes"])
     results_md = (out / "results.md").read_text()
     assert "gpu.py --tiny" in results_md and "| `convnet` |" in results_md
+
+
+def test_tiny_frontier_runs_seeds_then_a_committee_whose_views_are_chosen_on_validation(tiny_run) -> None:
+    out, _, _ = tiny_run
+    report = json.loads((out / "gpu.json").read_text())
+    frontier, table = report["frontier"], (out / "gpu.md").read_text()
+    assert frontier["preset"] == "resnet_frontier" and frontier["probe"]["projected_s"] > 0
+    assert [r["seed"] for r in frontier["runs"]] == [0, 1] and all(r["epochs"] == 1 for r in frontier["runs"])
+    assert "--model.init_args.widths=[8,8,16,16]" in frontier["extra_args"]  # the tiny network, not the preset's
+    committee = frontier["committee"]
+    scores = {int(k): v for k, v in committee["val_by_views"].items()}
+    assert sorted(scores) == list(range(1, 10)) and committee["val_images"] == 200
+    assert committee["views"] == results_views.best_views(scores) and committee["views_chosen_on"] == "validation"
+    assert committee["ensemble"] == ["resnet_frontier/seed0.ckpt", "resnet_frontier/seed1.ckpt"]
+    section = table.split("## The frontier", 1)[1].split("\n## ", 1)[0]
+    assert section.count("n/a (tiny)") == 2 and ": yes)" not in section and ": no)" not in section
+    assert gpu_frontier.ESTIMATE not in table  # the expected minutes per seed are a real page's, not a tiny one's
+    merged = json.loads((out / "results.json").read_text())
+    assert sorted(merged["resnet_frontier"]["runs"]) == ["0", "1"]
+    assert merged[committee["key"]]["views"] == committee["views"]
+    assert "chosen on validation" in (out / "results.md").read_text()
 
 
 def test_tiny_mode_lists_the_cuda_tests_and_says_why_ddp_did_not_run(tiny_run) -> None:
@@ -253,9 +277,20 @@ def test_the_gzipped_mnist_is_decompressed_and_checked(tmp_path: Path, monkeypat
     assert all((raw_dir(found) / name).stat().st_size == RAW_FILES[name][2] for name in RAW_FILES)
 
 
+def empty_report() -> dict:
+    """A report of a run whose every part was skipped."""
+    env = {"date": "2026-12-06", "device": "H100", "torch": "2", "cuda": "12", "lightning": "2", "python": "3"}
+    env["gpus"] = 1
+    return {"environment": env, "tiny": False, "command": "python benchmarks/gpu.py", "budget_s": 540, "parts": [],
+            "speedruns": [], "speed": [], "speed_epochs": 3, "speed_batches": 300, "frontier": {},
+            "recipes": {}, "preset_cap_s": 150, "tests": {}}  # fmt: skip
+
+
 def test_the_committed_gpu_page_holds_the_device_command() -> None:
     page = (REPO / "benchmarks" / "gpu.md").read_text()
     assert gpu_staging.DEVICE_COMMAND in page and gpu_staging.CARRY in page and "--stage" in page
+    # the frontier's expected time per seed, written before a GPU ran it: on this page and on every page gpu.py writes
+    assert gpu_frontier.ESTIMATE in page and gpu_frontier.ESTIMATE in gpu_report.markdown(empty_report())
 
 
 def test_speedrun_995_preset_loads_and_trains_a_few_batches(isolated: Path) -> None:
@@ -271,3 +306,11 @@ def test_speedrun_995_preset_loads_and_trains_a_few_batches(isolated: Path) -> N
     assert cli.trainer.global_step == 3 and timer.train_seconds > 0
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert not (isolated / "runs" / "media").exists() and not list(isolated.rglob("*.png"))  # no figures
+
+
+def test_the_results_tables_are_written_into_an_out_folder_not_made_yet(tmp_path: Path) -> None:
+    # every part before the frontier or the recipes skipped: nothing has made --out yet
+    committed = {"linear": json.loads((REPO / "benchmarks" / "results.json").read_text())["linear"]}
+    frontier = {**committed["linear"], "preset": "resnet_frontier", "recipe_epochs": 11, "epochs": 11}
+    gpu_recipes.write_results({"rows": {}}, committed, tmp_path / "out", {"resnet_frontier": frontier})
+    assert set(json.loads((tmp_path / "out" / "results.json").read_text())) == {"linear", "resnet_frontier"}
