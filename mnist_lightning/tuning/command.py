@@ -161,7 +161,8 @@ def tune(
         print(f"tune {space.study}: {note} (importance.png says so)", file=sys.stderr)
     print(summary_line(space, rows, best, folder), file=sys.stderr)
     if best is not None:
-        print(f"Train the best: {PROG} fit --config {shlex.quote(str(folder / 'best.yaml'))}", file=sys.stderr)
+        best_yaml = os.path.abspath(folder / "best.yaml")
+        print(f"Train the best: {PROG} fit --config {shlex.quote(best_yaml)}", file=sys.stderr)
     return folder
 
 

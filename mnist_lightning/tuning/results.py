@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shlex
 import warnings
 from collections.abc import Iterator
@@ -95,7 +96,7 @@ def write_best(study: optuna.Study, space: SearchSpace, folder: Path) -> FrozenT
     header = (
         f"# Best trial of study {space.study} ({space.metric} {best.value:.4f}, trial {best.number}), written by "
         "mnist-lightning tune: the complete fit configuration of that trial.\n"
-        f"# Train it: mnist-lightning fit --config {shlex.quote(str(path))}\n"
+        f"# Train it: mnist-lightning fit --config {shlex.quote(os.path.abspath(path))}\n"
     )
     write_atomically(path, header + config_text(space.decoded(best.params), space))
     return best
