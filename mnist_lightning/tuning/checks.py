@@ -34,12 +34,12 @@ def probe(space: SearchSpace, dry_run: bool = True) -> bool:
             if i == 0:  # a misspelt name gets a clearer message than the parser's
                 check_settings_known(build_cli(space.base_args(), space), space, base_only=True)
             raise
+        check_validates(cli, space)
         if i == 0:
             check_settings_known(cli, space)
             check_float_settings(cli, space)
             if dry_run:
                 check_metric_logged(cli, space)
-        check_validates(cli, space)
         uses_wandb = uses_wandb or any(isinstance(lg, WandbLogger) for lg in cli.trainer.loggers)
     return uses_wandb
 

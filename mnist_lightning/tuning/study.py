@@ -142,9 +142,10 @@ def check_same_space(study: optuna.Study, space: SearchSpace, folder: Path) -> N
     if not changes and study.direction.name.lower() != space.direction:
         changes = [f"direction was {study.direction.name.lower()}, now {space.direction}"]
     if changes:
-        more = f" (and {len(changes) - 1} more change(s))" if len(changes) > 1 else ""
+        more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
         raise ConfigError(
-            f"study {space.study} in {folder} was started with another search space: {changes[0]}{more}; a study "
+            f"study {space.study} in {folder} was started with another search space: {', '.join(changes[:3])}{more}; "
+            "a study "
             "keeps its space: put the space back as it was to resume, or start a new study with --study NAME"
         )
 
