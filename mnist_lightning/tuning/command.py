@@ -136,8 +136,9 @@ def tune(
         # before the (slower) probe: an existing study without --resume, or resumed with another space
         existing_study(space, folder, options.resume or options.worker)
         wandb_on = probe(space, dry_run=not options.worker)  # a worker's study was probed by its parent
-        if options.workers > 1 or options.threads is not None:
-            share_threads(options.workers, options.threads)
+        threads = options.threads
+        if options.workers > 1 or threads is not None:
+            threads = share_threads(options.workers, threads)
         journal, created = open_study(space, folder, options.resume or options.worker)
         if options.resume and created is not None:
             print(f"tune {space.study}: no study to resume in {folder}: starting it", file=sys.stderr)
@@ -147,8 +148,9 @@ def tune(
         pool = WorkerPool()
         try:
             if options.workers > 1:
-                others, args = options.workers - 1, options.worker_args(space)
-                pool = WorkerPool.start(others, args, options.workers, options.threads)
+                # the count this process took, as a flag: torch caps a count from OMP_NUM_THREADS alone at the cores
+                others, args = options.workers - 1, [*options.worker_args(space), "--threads", str(threads)]
+                pool = WorkerPool.start(others, args, options.workers, threads)
             optimize(journal, space, wandb_on, folder, between_trials=pool.check)
             pool.wait()
         except BaseException as err:

@@ -1,0 +1,80 @@
+"""``tune --workers N``: N processes on one study, each training with its share of the cores as torch threads,
+unless the user's ``--threads`` or ``OMP_NUM_THREADS`` says otherwise."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import start_console_script, subprocess_env
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from tune_models import BARRIER_ENV, pythonpath_with_tests
+
+from mnist_lightning.threads import THREADS_ENV, thread_share
+
+
+def write_space() -> Path:
+    space = {
+        "study": "workers",
+        "base": "linear",
+        "fixed": {
+            # each trial waits until a trial of the other process has started: both processes surely train
+            "model.class_path": "tune_models.BarrierClassifier",
+            "trainer.max_epochs": 1,
+            "trainer.limit_train_batches": 3,
+            "trainer.limit_val_batches": 2,
+            "trainer.logger": False,
+        },
+        "params": {"model.init_args.lr": {"low": 1.0e-3, "high": 1.0e-1, "log": True}},
+        "n_trials": 2,
+        "pruner": "none",
+        "sampler": "random",
+    }
+    Path("space.yaml").write_text(yaml.safe_dump(space))
+    return Path("space.yaml")
+
+
+@pytest.mark.parametrize(
+    ("flags", "user_threads", "expected"),
+    [
+        ([], None, thread_share(2)),  # the fair share: cores // 2
+        (["--threads", "3"], None, 3),  # the flag wins
+        ([], "2", 2),  # the user's OMP_NUM_THREADS wins
+    ],
+)
+def test_workers_train_with_their_share_of_the_cores(flags: list[str], user_threads: str | None, expected: int) -> None:
+    barrier = Path("barrier").resolve()
+    barrier.mkdir()
+    env = {k: v for k, v in subprocess_env().items() if k != THREADS_ENV}  # the test session sets it to 1
+    env |= {"PYTHONPATH": pythonpath_with_tests(), BARRIER_ENV: str(barrier)}
+    if user_threads is not None:
+        env[THREADS_ENV] = user_threads
+    process = start_console_script("tune", str(write_space()), "--workers", "2", *flags, env=env)
+    try:
+        stdout, stderr = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
+
+    storage = JournalStorage(JournalFileBackend("runs/tune/workers/study.journal"))
+    trials = [
+        t for t in optuna.load_study(study_name="workers", storage=storage).trials if not t.user_attrs.get("surplus")
+    ]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    owners = {t.system_attrs["tune:owner"]["pid"] for t in trials}
+    assert process.pid in owners and len(owners) == 2  # this process and the worker it started
+    assert [t.user_attrs["threads"] for t in trials] == [expected, expected]
+
+    # one line per trial, whichever process ran it; the summary once, from the first process
+    output = stdout + stderr
+    assert sum(line.startswith("tune workers: trial ") for line in output.splitlines()) == 2, output
+    assert output.count("tune workers: best val/acc") == 1
