@@ -47,8 +47,9 @@ def write_space() -> Path:
     ("flags", "user_threads", "expected"),
     [
         ([], None, thread_share(2)),  # the fair share: cores // 2
-        (["--threads", "3"], None, 3),  # the flag wins
-        ([], "2", 2),  # the user's OMP_NUM_THREADS wins
+        # the flag wins over OMP_NUM_THREADS, which wins over the share (see test_threads.py): the worker gets the
+        # count the first process resolved
+        (["--threads", "3"], "2", 3),
     ],
 )
 def test_workers_train_with_their_share_of_the_cores(flags: list[str], user_threads: str | None, expected: int) -> None:
