@@ -56,7 +56,7 @@ def printed_command(stderr: str, marker: str) -> list[str]:
 def test_the_continue_line_after_ctrl_c_continues_that_study(monkeypatch: pytest.MonkeyPatch) -> None:
     # a trial long enough to be interrupted while it trains: many short epochs
     space = write_space(
-        Path("my spaces/slow space.yaml"), {"model.init_args.lr": [1.0e-3]}, **{"trainer.max_epochs": 25}
+        Path("my spaces/slow space.yaml"), {"model.init_args.lr": [1.0e-3]}, **{"trainer.max_epochs": 8}
     )
     journal = Path("tune root/tune/custom/study.journal")
     process = start_console_script("tune", str(space), "--study", "custom", "--root", "tune root")
