@@ -118,6 +118,8 @@ class ResumableCheckpoint(ModelCheckpoint):
         if last_every_n_train_steps < 0:
             raise ConfigError(f"last_every_n_train_steps must be 0 or more, got {last_every_n_train_steps}; try 200")
         self.last_every_n_train_steps = last_every_n_train_steps
+        # whether Ctrl+C or SIGTERM prints fit's "continue with --ckpt_path last" (tune's trials print their own)
+        self.announce_interruption = True
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
@@ -146,7 +148,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         if trainer.fast_dev_run or self.save_last is False:
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.announce_interruption:
             what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl+C"
             print(
                 f"mnist-lightning: stopped by {what} at epoch {trainer.current_epoch}, step {trainer.global_step}; "

@@ -5,7 +5,8 @@ A search space (``configs/tune/*.yaml``, :mod:`.space`) names dotted ``fit`` set
 trial's values, run in this process (so that Optuna's pruning callback can stop a bad trial after any validation),
 with its own run folder, checkpoints and W&B run. The study (:mod:`.study`) lives in an Optuna journal file under
 ``runs/tune/<study>/``, which several processes (or machines sharing the folder) can append to at once; ``--resume``
-continues an interrupted search. :mod:`.search` is one process's loop over trials, :mod:`.results` writes the
+continues an interrupted search. :mod:`.checks` finds what would go wrong before any trial runs, :mod:`.search` is
+one process's loop over trials, :mod:`.workers` the processes ``--workers`` starts, :mod:`.results` writes the
 result files, and :mod:`.command` is the command line.
 """
 

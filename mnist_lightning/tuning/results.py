@@ -11,18 +11,19 @@ import contextlib
 import csv
 import io
 import json
+import os
+import shlex
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import yaml
 
 from mnist_lightning.errors import one_line
 from mnist_lightning.figures import save_png
 from mnist_lightning.outputs import write_atomically
 from mnist_lightning.tuning.space import SearchSpace
 from mnist_lightning.tuning.study import counted
+from mnist_lightning.tuning.trial import config_text
 
 if TYPE_CHECKING:
     import optuna
@@ -46,7 +47,8 @@ def trial_rows(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any]]:
         stored = space.decoded(t.params)
         for name in space.params:
             row[name] = stored.get(name, "")
-        row["epochs"] = len(t.intermediate_values)
+        row["validations"] = len(t.intermediate_values)
+        row["epochs"] = t.user_attrs.get("epochs", len(t.intermediate_values))
         seconds = t.duration.total_seconds() if t.duration else None
         row["seconds"] = "" if seconds is None else round(seconds, 1)
         row["run"] = t.user_attrs.get("run_dir", "")
@@ -61,7 +63,7 @@ def trial_rows(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any]]:
 def write_table(study: optuna.Study, space: SearchSpace, folder: Path) -> list[dict[str, Any]]:
     """``trials.csv`` and ``trials.md``: one row per trial (surplus and queued ones left out)."""
     rows = trial_rows(study, space)
-    columns = ["trial", "state", space.metric, *space.params, "epochs", "seconds", "run", "note"]
+    columns = ["trial", "state", space.metric, *space.params, "validations", "epochs", "seconds", "run", "note"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -84,18 +86,19 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def write_best(study: optuna.Study, space: SearchSpace, folder: Path) -> FrozenTrial | None:
-    """``best.yaml``: the fixed settings and the best trial's values, a config to add after the base preset."""
+    """``best.yaml``: the complete ``fit`` configuration of the best trial (base configs, fixed settings, the
+    trial's values and a checkpoint that monitors the search metric, every setting resolved), so that
+    ``mnist-lightning fit --config best.yaml`` needs nothing else."""
     best = best_trial(study)
     if best is None:
         return None
-    bases = " ".join(f"--config {b}" for b in space.base)
+    path = folder / "best.yaml"
     header = (
         f"# Best trial of study {space.study} ({space.metric} {best.value:.4f}, trial {best.number}), written by "
-        "mnist-lightning tune.\n"
-        f"# Train it: mnist-lightning fit {bases} --config {folder / 'best.yaml'}\n"
+        "mnist-lightning tune: the complete fit configuration of that trial.\n"
+        f"# Train it: mnist-lightning fit --config {shlex.quote(os.path.abspath(path))}\n"
     )
-    settings = space.settings(space.decoded(best.params))
-    write_atomically(folder / "best.yaml", header + yaml.safe_dump(settings, sort_keys=False))
+    write_atomically(path, header + config_text(space.decoded(best.params), space))
     return best
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ class Param:
     log: bool = False
     step: float | int | None = None
     choices: list[Any] = field(default_factory=list)
+    typed: bool = False  # the range's type was written (type: int or float), not inferred from its bounds
 
     def suggest(self, trial: Trial) -> Any:
         """The trial's value (for choices: the choice itself, lists and dicts included)."""
@@ -57,6 +59,12 @@ class Param:
         if self.kind == "categorical" and isinstance(stored, str) and not any(stored == c for c in self.choices):
             return yaml.safe_load(stored)
         return stored
+
+    def description(self) -> dict[str, Any]:
+        """The parameter's kind and range or choices, as a study stores it."""
+        if self.kind == "categorical":
+            return {"choices": self.choices}
+        return {"type": self.kind, "low": self.low, "high": self.high, "log": self.log, "step": self.step}
 
     def extremes(self) -> list[Any]:
         """Values that together exercise the whole range: both ends, or every choice."""
@@ -79,10 +87,44 @@ class SearchSpace:
     pruner_args: dict[str, Any] = field(default_factory=dict)
     sampler: str = "tpe"
     seed: int | None = None
+    base_given: list[str] = field(default_factory=list)  # ``base`` as the file wrote it (names or paths)
+
+    @property
+    def mode(self) -> str:
+        """``max`` or ``min``: the checkpoint's mode for this space's direction."""
+        return "max" if self.direction == "maximize" else "min"
+
+    def checkpoint_settings(self) -> dict[str, Any]:
+        """A trial's best checkpoint is the one with the best value of the search metric: the same metric and mode
+        as the trial's score (the project's default checkpoint watches val/acc)."""
+        settings: dict[str, Any] = {"checkpoint.monitor": self.metric, "checkpoint.mode": self.mode}
+        if self.metric != "val/acc" and "checkpoint.filename" not in self.fixed:
+            # the default file name shows val/acc; name the file after the metric it was chosen by
+            label = re.sub(r"[^A-Za-z0-9_.-]", "_", self.metric)
+            settings["checkpoint.filename"] = f"best-epoch{{epoch:02d}}-step{{step}}-{label}{{{self.metric}:.4f}}"
+        return settings
 
     def settings(self, values: dict[str, Any]) -> dict[str, Any]:
-        """The fixed settings and a trial's values as one nested config (what ``best.yaml`` holds)."""
-        return nest({**self.fixed, **values})
+        """The checkpoint's metric, the fixed settings and a trial's values as one nested config."""
+        return nest({**self.checkpoint_settings(), **self.fixed, **values})
+
+    def description(self) -> dict[str, Any]:
+        """What a study keeps of the space that created it, to refuse a resume with another space: the base configs
+        (as written, and their contents), the fixed settings, every searched range or list of choices, the metric
+        and its direction. ``n_trials``, the sampler, the pruner and the seed may change between runs of a study."""
+        return json.loads(
+            json.dumps(
+                {
+                    "base": self.base_given or self.base,
+                    "base contents": [read_yaml_quietly(Path(b)) for b in self.base],
+                    "fixed": self.fixed,
+                    "params": {name: p.description() for name, p in self.params.items()},
+                    "metric": self.metric,
+                    "direction": self.direction,
+                },
+                default=str,
+            )
+        )
 
     def fit_args(self, values: dict[str, Any]) -> list[str]:
         """The ``fit`` command line of one trial (without the subcommand): the base configs, then the fixed settings
@@ -106,6 +148,42 @@ class SearchSpace:
 
 def is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
+
+
+def read_yaml_quietly(path: Path) -> Any:
+    """A config file's contents (None when it cannot be read: the probe says why)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def space_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """How ``current`` (a :meth:`SearchSpace.description`) differs from the ``stored`` one, one phrase each."""
+    changes = []
+    old_params, new_params = stored.get("params", {}), current.get("params", {})
+    changes += [f"parameter {name} added" for name in new_params if name not in old_params]
+    changes += [f"parameter {name} removed" for name in old_params if name not in new_params]
+    for name in new_params:
+        if name in old_params and old_params[name] != new_params[name]:
+            changes.append(f"{name} was {describe(old_params[name])}, now {describe(new_params[name])}")
+    old_fixed, new_fixed = stored.get("fixed", {}), current.get("fixed", {})
+    for name in {**old_fixed, **new_fixed}:
+        old, new = old_fixed.get(name, "(unset)"), new_fixed.get(name, "(unset)")
+        if old != new:
+            changes.append(f"fixed {name} was {old!r}, now {new!r}")
+    for key in ("base", "base contents", "metric", "direction"):
+        if key in stored and stored[key] != current.get(key):
+            shown = "changed" if key == "base contents" else f"was {stored[key]!r}, now {current.get(key)!r}"
+            changes.append(f"{key} {shown}")
+    return changes
+
+
+def describe(param: dict[str, Any]) -> str:
+    if "choices" in param:
+        return f"choices {param['choices']}"
+    text = f"{param['type']} {param['low']}..{param['high']}"
+    return text + (" log" if param.get("log") else "") + (f" step {param['step']}" if param.get("step") else "")
 
 
 def nest(settings: dict[str, Any]) -> dict[str, Any]:
@@ -198,9 +276,34 @@ def load_space(path: str | Path, study: str | None = None, n_trials: int | None 
     seed = raw.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ConfigError(f"{where}: seed must be a whole number or null, got {seed!r}")
+    check_checkpoint_settings(fixed, metric, direction, where)
     return SearchSpace(
-        path, name, resolved_base, dict(fixed), params, metric, direction, trials, pruner, pruner_args, sampler, seed
+        path,
+        name,
+        resolved_base,
+        dict(fixed),
+        params,
+        metric,
+        direction,
+        trials,
+        pruner,
+        pruner_args,
+        sampler,
+        seed,
+        base_given=list(base_list),
     )
+
+
+def check_checkpoint_settings(fixed: dict[str, Any], metric: str, direction: str, where: str) -> None:
+    """A trial's checkpoint watches the search metric in the search's direction: a fixed setting that says
+    otherwise would keep a checkpoint other than the one the trial's score comes from."""
+    mode = "max" if direction == "maximize" else "min"
+    for key, wanted in (("checkpoint.monitor", metric), ("checkpoint.mode", mode)):
+        if key in fixed and fixed[key] != wanted:
+            raise ConfigError(
+                f"{where}: fixed {key} is {fixed[key]!r} but a trial's checkpoint follows the search "
+                f"(metric {metric}, direction {direction}: {key} {wanted}); remove it from 'fixed'"
+            )
 
 
 def resolve_config(name: str, space_path: Path, where: str) -> str:
@@ -242,6 +345,7 @@ def parse_param(key: str, spec: Any, where: str) -> Param:
             raise ConfigError(f"{where}: choices must be a non-empty list")
         if set(spec) - {"choices"}:
             raise ConfigError(f"{where}: give either choices or low/high, not both")
+        check_distinct_choices(choices, where)
         return Param(key, "categorical", choices=list(choices))
     return parse_range(key, spec, where)
 
@@ -273,4 +377,37 @@ def parse_range(key: str, spec: dict[str, Any], where: str) -> Param:
         raise ConfigError(f"{where}: an int range needs whole low, high and step")
     if kind == "int":
         low, high, step = int(low), int(high), int(step) if step is not None else None
-    return Param(key, kind, low=low, high=high, log=log, step=step)
+    if step is not None:
+        check_step_reaches_high(low, high, step, where)
+    return Param(key, kind, low=low, high=high, log=log, step=step, typed="type" in spec)
+
+
+def check_step_reaches_high(low: float, high: float, step: float, where: str) -> None:
+    """A range in steps must land on ``high``: otherwise Optuna lowers ``high`` to the last step below it, with only
+    a warning (16..40 in steps of 16 searches 16 and 32, never 40). Decimal arithmetic, as Optuna's own check uses,
+    so that 0.0..0.5 in steps of 0.1 divides."""
+    d_low, d_high, d_step = (Decimal(str(v)) for v in (low, high, step))
+    span = d_high - d_low
+    if span % d_step == 0:
+        return
+    below = d_low + (span // d_step) * d_step
+    above = below + d_step
+    values = [d_low + i * d_step for i in range(int(span // d_step) + 1)]
+    shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+    raise ConfigError(
+        f"{where}: {low}..{high} in steps of {step} does not reach {high}; Optuna would silently search "
+        f"{low}..{below} only ({shown}); set high to {below} or {above}, or a step that divides {span}"
+    )
+
+
+def check_distinct_choices(choices: list[Any], where: str) -> None:
+    """No two choices that Optuna would take for one: it finds a stored value with ``==`` (so ``1``, ``1.0`` and
+    ``true`` are one choice, stored as the first), and a repeated choice is drawn more often than the others."""
+    encoded = [c if is_scalar(c) else json.dumps(c, sort_keys=True) for c in choices]
+    for i, choice in enumerate(choices):
+        for j in range(i):
+            if choices[j] == choice or encoded[j] == encoded[i]:
+                raise ConfigError(
+                    f"{where}: choices {choices[j]!r} and {choice!r} are the same value to Optuna (it would store "
+                    f"{choice!r} as {choices[j]!r} and draw that value twice as often); remove one of them"
+                )

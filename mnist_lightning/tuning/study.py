@@ -11,6 +11,7 @@ Optuna keeps a study's storage to itself; this module creates the storage and ho
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -23,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 
 from mnist_lightning.errors import ConfigError, one_line
 from mnist_lightning.outputs import ensure_writable_folder
-from mnist_lightning.tuning.space import SearchSpace
+from mnist_lightning.tuning.space import SearchSpace, space_changes
 
 if TYPE_CHECKING:  # Optuna is imported when a search starts: the other commands do not pay for it
     import optuna
@@ -31,6 +32,9 @@ if TYPE_CHECKING:  # Optuna is imported when a search starts: the other commands
     from optuna.trial import FrozenTrial
 
 JOURNAL = "study.journal"
+# every file a study writes into its folder
+STUDY_FILES = (JOURNAL, "best.yaml", "trials.csv", "trials.md", "history.png", "importance.png")
+SPACE_ATTR = "tune:space"  # the study's user attribute that keeps the space it was started with
 OWNER_ATTR = "tune:owner"
 HEARTBEAT_ATTR = "tune:heartbeat"
 # a trial's owner writes a heartbeat this often while it trains; --resume treats a running trial of another machine
@@ -92,6 +96,16 @@ class JournalStudy:
         """Mark trial ``number`` as this process's, so that ``--resume`` can tell whether its owner still lives."""
         self.stamp(number, OWNER_ATTR, {"machine": machine_id(), "pid": os.getpid()})
 
+    def fail_for_rerun(self, number: int, note: str, reason: str = "interrupted") -> None:
+        """End trial ``number`` as failed, marked to be run again by ``--resume`` (``reason``: interrupted or
+        crashed); the table shows ``note``."""
+        from optuna.trial import TrialState
+
+        trial_id = self.trial_id(number)
+        self.storage.set_trial_user_attr(trial_id, "note", note)
+        self.storage.set_trial_user_attr(trial_id, reason, True)
+        self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+
     def fail_interrupted(self, number: int, note: str) -> None:
         """End trial ``number``, left running by a process that is gone, as failed by interruption."""
         from optuna.trial import TrialState
@@ -103,30 +117,82 @@ class JournalStudy:
         self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def open_study(space: SearchSpace, folder: Path, resume: bool) -> tuple[JournalStudy, bool]:
-    """The study in ``folder/study.journal``: new, or (with ``resume``) the existing one. Returns it and whether it
-    was created now."""
+def existing_study(space: SearchSpace, folder: Path, resume: bool) -> optuna.Study | None:
+    """The study ``space`` names, when it exists, after checking that this run may continue it: with ``--resume``,
+    the same search space and direction. Reads the journal only (writes nothing, creates no file or folder)."""
     import optuna
 
-    ensure_writable_folder(folder, "the study folder (--root)")
+    if not (folder / JOURNAL).is_file():
+        return None
     storage = open_journal(folder)
-    exists = study_exists(storage, space.study)
-    if exists and not resume:
+    if not study_exists(storage, space.study):
+        return None
+    if not resume:
         raise already_exists(space, folder)
+    study = optuna.load_study(study_name=space.study, storage=storage)
+    check_same_space(study, space, folder)
+    return study
+
+
+def check_same_space(study: optuna.Study, space: SearchSpace, folder: Path) -> None:
+    """A resumed study keeps the space it was started with: its trials, the sampler's model and the pruner's
+    comparisons all assume it. Studies from before the space was stored are only checked for their direction."""
+    stored = study.user_attrs.get(SPACE_ATTR)
+    changes = space_changes(stored, space.description()) if stored else []
+    if not changes and study.direction.name.lower() != space.direction:
+        changes = [f"direction was {study.direction.name.lower()}, now {space.direction}"]
+    if changes:
+        more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+        raise ConfigError(
+            f"study {space.study} in {folder} was started with another search space: {', '.join(changes[:3])}{more}; "
+            "a study "
+            "keeps its space: put the space back as it was to resume, or start a new study with --study NAME"
+        )
+
+
+@dataclass
+class CreatedFolders:
+    """The folders this run made for a new study, so that a study that ends with nothing in it leaves nothing."""
+
+    folders: list[Path]
+
+    @classmethod
+    def make(cls, folder: Path) -> CreatedFolders:
+        missing = [p for p in [folder, *folder.parents] if not p.exists()]
+        ensure_writable_folder(folder, "the study folder (--root)")
+        return cls(missing)  # deepest first
+
+
+def open_study(space: SearchSpace, folder: Path, resume: bool) -> tuple[JournalStudy, CreatedFolders | None]:
+    """The study in ``folder/study.journal``: the existing one (with ``resume``), or a new one that stores its
+    space. Returns it and, for a study created now, the folders made for it (else None)."""
+    import optuna
+
+    if existing_study(space, folder, resume) is not None:
+        storage = open_journal(folder)
+        study = optuna.load_study(
+            study_name=space.study,
+            storage=storage,
+            # a second process must not draw the same values as the first
+            sampler=make_sampler(space, seed=None),
+            pruner=make_pruner(space),
+        )
+        return JournalStudy(study, storage), None
+    created = CreatedFolders.make(folder)
+    storage = open_journal(folder)
     study = optuna.create_study(
         study_name=space.study,
         storage=storage,
-        # a second process must not draw the same values as the first
-        sampler=make_sampler(space, seed=space.seed if not exists else None),
+        sampler=make_sampler(space, seed=space.seed),
         pruner=make_pruner(space),
         direction=space.direction,
         load_if_exists=True,  # two processes starting at once: the second one joins
     )
-    if exists and study.direction.name.lower() != space.direction:
-        raise ConfigError(
-            f"study {space.study} was started to {study.direction.name.lower()}; the space now says {space.direction}"
-        )
-    return JournalStudy(study, storage), not exists
+    if SPACE_ATTR in study.user_attrs:  # another process created it a moment ago
+        check_same_space(study, space, folder)
+    else:
+        study.set_user_attr(SPACE_ATTR, space.description())
+    return JournalStudy(study, storage), created
 
 
 def make_sampler(space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -213,10 +279,37 @@ def recover_interrupted(journal: JournalStudy, stale_after: float) -> list[int]:
     retried = {t.user_attrs.get("retry_of") for t in trials}
     queued = []
     for trial in trials:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted") and trial.number not in retried:
+        rerun = trial.user_attrs.get("interrupted") or trial.user_attrs.get("crashed")
+        if trial.state == TrialState.FAIL and rerun and trial.number not in retried:
             journal.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
             queued.append(trial.number)
     return queued
+
+
+def worth_keeping(study: optuna.Study, owners: set[int]) -> bool:
+    """Whether a study created by this run holds anything: a finished (complete or pruned) trial, or a trial of a
+    process other than this run's ``owners`` (another process that joined it)."""
+    from optuna.trial import TrialState
+
+    here = machine_id()
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            return True
+        owner = trial.system_attrs.get(OWNER_ATTR)  # none yet: asked for by this process a moment ago
+        if owner and (owner.get("machine") != here or int(owner.get("pid", 0)) not in owners):
+            return True
+    return False
+
+
+def remove_study(folder: Path, created: CreatedFolders) -> None:
+    """Remove a study this run created and that holds nothing (see :func:`worth_keeping`): its files, then the
+    folders made for it while they are empty."""
+    for name in STUDY_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    for made in created.folders:  # deepest first
+        with contextlib.suppress(OSError):  # not empty: something else is in it
+            made.rmdir()
 
 
 def counted(trial: FrozenTrial) -> bool:

@@ -1,20 +1,26 @@
 """One trial: the ``fit`` configuration it trains (built and checked like ``mnist-lightning fit`` would), training it
-in this process with Optuna's pruning callback and a heartbeat, and the result it reports.
+in this process with a heartbeat and :class:`TrialReporter`, and the result it reports: the best value of the
+search metric over every validation the trial made.
 
-Before any training, :func:`probe` builds the configuration at the ends of every range, so that a setting ``fit``
-does not know is one error up front rather than a failed trial later.
+:mod:`.checks` does what can be checked before any trial; :func:`quiet_trials` keeps a trial to the one line the
+search loop prints about it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import lightning as L
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from mnist_lightning.callbacks import NonFiniteLossError, RunLock
+from mnist_lightning.callbacks import NonFiniteLossError, ResumableCheckpoint, RunLock
 from mnist_lightning.cli import MNISTLightningCLI
 from mnist_lightning.cli.messages import summarize_parse_error
 from mnist_lightning.cli.run_folder import check_outputs
@@ -24,6 +30,11 @@ from mnist_lightning.tuning.study import Heartbeat, JournalStudy
 
 if TYPE_CHECKING:
     from optuna.trial import Trial
+
+# a trial prints one line (the search loop's), not a model summary and progress bars: settings of the trial's run
+# only, not of best.yaml (a fit of the best settings shows them as any fit does)
+QUIET_TRIAL = {"trainer": {"enable_progress_bar": False, "enable_model_summary": False}}
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
 
 class TuneCLI(MNISTLightningCLI):
@@ -57,39 +68,64 @@ def build_cli(args: list[str], space: SearchSpace) -> TuneCLI:
     return cli
 
 
-def probe(space: SearchSpace) -> bool:
-    """Build the fit configuration at the ends of every range (and with every choice) before any training, so a
-    misspelt setting or a value the model refuses is one error now, not a failed trial later. Returns whether the
-    trials log to W&B."""
-    rounds = max(len(p.extremes()) for p in space.params.values())
-    uses_wandb = False
-    for i in range(rounds):
-        values = {name: p.extremes()[i % len(p.extremes())] for name, p in space.params.items()}
-        try:
-            cli = build_cli(space.fit_args(values), space)
-        except ConfigError:
-            if i == 0:  # a misspelt name gets a clearer message than the parser's
-                check_settings_known(build_cli(space.base_args(), space), space, base_only=True)
-            raise
-        if i == 0:
-            check_settings_known(cli, space)
-        uses_wandb = uses_wandb or any(isinstance(lg, WandbLogger) for lg in cli.trainer.loggers)
-    return uses_wandb
+def config_text(values: dict[str, Any], space: SearchSpace) -> str:
+    """The complete ``fit`` configuration of the base configs, the fixed settings and ``values`` as YAML: every
+    setting resolved, the same text a run's ``config.yaml`` holds, so ``fit --config`` needs nothing else."""
+    cli = build_cli(space.fit_args(values), space)
+    return cli.parser.dump(cli.config, skip_none=False)
 
 
-def check_settings_known(cli: TuneCLI, space: SearchSpace, base_only: bool = False) -> None:
-    """Every searched and fixed setting is in the parsed configuration. A model's ``**kwargs`` lets jsonargparse
-    take ``model.init_args.lrr`` without a word and drop it, so a misspelt name would search nothing."""
-    keys = [*space.params, *space.fixed]
-    # on the base configuration alone, the settings of a model the space switches to are not there yet
-    other_model = base_only and any(k in ("model", "model.class_path") for k in keys)
-    for key in keys:
-        if key not in cli.config and not (other_model and key.startswith("model.")):
-            model = cli.config.get("model.class_path", "the model").rsplit(".", 1)[-1]
-            raise ConfigError(
-                f"search space {space.path}: {key} is not a setting of this fit configuration; see "
-                f"'mnist-lightning fit --help' and 'mnist-lightning fit --model {model} --help'"
-            )
+@contextlib.contextmanager
+def quiet_trials() -> Iterator[None]:
+    """Lightning's and W&B's start-up lines ("Seed set to", "GPU available", "Tracking run with wandb") left out
+    while trials run; warnings still show. A ``WANDB_SILENT`` the user set wins."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    silent = os.environ.get("WANDB_SILENT")
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    if silent is None:
+        os.environ["WANDB_SILENT"] = "true"
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        if silent is None:
+            os.environ.pop("WANDB_SILENT", None)
+
+
+class TrialReporter(Callback):
+    """Reports the search metric to Optuna after every validation (also the several of one epoch that
+    ``trainer.val_check_interval`` below 1 makes), at step 0, 1, 2, ... (the validation's number, which the pruner
+    compares across trials), and stops the trial when the pruner says so.
+
+    Not optuna-integration's ``PyTorchLightningPruningCallback``: it reports at step = epoch, so Optuna ignores
+    every validation of an epoch after its first, and the trial's best value could be one it never saw.
+    """
+
+    def __init__(self, trial: Trial, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+        self.values: list[float] = []
+        self.not_finite = 0  # validations whose value was NaN or infinite
+        self.epochs = 0  # epochs reached by the last validation
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import optuna
+
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.metric)
+        if value is None or value.numel() != 1:
+            return  # never logged: the trial ends in an error (checks.py makes that rare)
+        if not math.isfinite(float(value)):
+            self.not_finite += 1
+            return
+        self.trial.report(float(value), step=len(self.values))
+        self.values.append(float(value))
+        self.epochs = trainer.current_epoch + 1
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after validation {len(self.values)}")
 
 
 def wandb_args(space: SearchSpace, number: int) -> list[str]:
@@ -102,17 +138,23 @@ def wandb_args(space: SearchSpace, number: int) -> list[str]:
 
 
 def run_trial(trial: Trial, journal: JournalStudy, space: SearchSpace, wandb_on: bool) -> float:
-    """Train one trial; the metric's best validation value is its result (the best checkpoint has it too)."""
+    """Train one trial; its result is the best value of the metric over all its validations, the value its best
+    checkpoint (which monitors that metric) holds."""
     import optuna
-    from optuna_integration import PyTorchLightningPruningCallback
+    import torch
 
     values = {name: p.suggest(trial) for name, p in space.params.items()}
-    args = space.fit_args(values) + (wandb_args(space, trial.number) if wandb_on else [])
+    args = [*space.fit_args(values), "--config=" + json.dumps(QUIET_TRIAL)]
+    args += wandb_args(space, trial.number) if wandb_on else []
     cli = build_cli(args, space)
     trial.set_user_attr("run_dir", str(cli.run_dir) if cli.run_dir else "")
-    cli.trainer.callbacks.append(Heartbeat(journal, trial.number))
-    # every validation is reported (the history plot shows it); the pruner decides whether to stop
-    cli.trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=space.metric))
+    trial.set_user_attr("threads", torch.get_num_threads())  # what this process trains with (tune --workers)
+    checkpoint = cli.trainer.checkpoint_callback
+    if isinstance(checkpoint, ResumableCheckpoint):
+        # its "continue with --ckpt_path last" is fit's advice; tune prints its own after Ctrl+C
+        checkpoint.announce_interruption = False
+    reporter = TrialReporter(trial, space.metric)
+    cli.trainer.callbacks.extend([Heartbeat(journal, trial.number), reporter])
     check_outputs(cli.trainer, cli.run_dir)
     lock = RunLock(cli.run_dir) if cli.run_dir else None
     try:
@@ -125,17 +167,20 @@ def run_trial(trial: Trial, journal: JournalStudy, space: SearchSpace, wandb_on:
         if lock is not None:
             lock.release()
         finish_wandb(cli)
-        best = getattr(cli.trainer.checkpoint_callback, "best_model_path", "")
+        trial.set_user_attr("epochs", reporter.epochs)
+        best = getattr(checkpoint, "best_model_path", "")
         if best:
             trial.set_user_attr("checkpoint", str(best))
-    reported = journal.frozen(trial.number).intermediate_values
-    if not reported:
+    if not reporter.values and reporter.not_finite:
+        trial.set_user_attr("note", f"{space.metric} was never finite")
+        raise optuna.TrialPruned("metric not finite")
+    if not reporter.values:
         raise ConfigError(
             f"search space {space.path}: the metric {space.metric!r} was never logged during validation; use a "
             "metric the model logs (val/acc, val/loss) and keep validation on (trainer.limit_val_batches > 0)"
         )
     pick = max if space.direction == "maximize" else min
-    return pick(reported.values())
+    return pick(reporter.values)
 
 
 def finish_wandb(cli: TuneCLI) -> None:
