@@ -130,7 +130,11 @@ def not_a_checkpoint(path: Path) -> str | None:
     if not head:
         return "an empty file (0 bytes), not a checkpoint"
     if head.startswith(b"PK\x03\x04"):  # the zip archive torch writes: its directory is at the end
-        return None if zipfile.is_zipfile(path) else "truncated (its zip archive has no end: a save or copy cut short)"
+        return (
+            None
+            if zipfile.is_zipfile(path)
+            else "truncated or not a Lightning checkpoint (its zip archive has no end: a save or copy cut short)"
+        )
     if head.startswith(b"\x80"):
         return None  # a pickle (torch's older format): torch.load tells whether it is a good one
     if path.suffix.lower() in NOT_CHECKPOINTS:

@@ -185,6 +185,7 @@ def test_a_data_folder_that_does_not_exist_is_not_suggested_or_created(
     )
     line = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert line.startswith(f"mnist-lightning: error: data folder {missing} does not exist")
+    assert line.startswith(f"mnist-lightning: error: MNIST files missing in {raw_dir(missing)}")
+    assert f"the data folder {missing} does not exist" in line
     assert "put them" not in line and "in that folder" not in line
     assert not (isolated / "my data").exists()

@@ -261,7 +261,6 @@ def test_the_cli_names_the_files_a_failed_download_misses(tmp_path: Path, monkey
         monkeypatch.setenv(var, proxy)
     for var in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(var, raising=False)
-    (tmp_path / "none").mkdir()  # a folder that does not exist at all gets its own message (test_cli_data_dir.py)
     result = run_cli("fit", "--model", "MLPClassifier", "--data.data_dir", str(tmp_path / "none"), check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-1]

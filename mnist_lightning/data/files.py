@@ -99,8 +99,11 @@ def load_raw_files(data_dir: str | Path) -> dict[str, bytes]:
     if missing:
         present = len(RAW_FILES) - len(missing)
         found = f" ({present} of {len(RAW_FILES)} present)" if present else ""
-        if not Path(data_dir).is_dir():
-            raise MNISTDataError(f"data folder {data_dir} does not exist; {_fix_hint(Path(data_dir))}")
+        if not Path(data_dir).is_dir():  # most likely a typo: the fix is the right folder, not files put there
+            raise MNISTDataError(
+                f"MNIST files missing in {folder}: the data folder {data_dir} does not exist; "
+                f"{_fix_hint(Path(data_dir))}"
+            )
         raise MNISTDataError(
             f"MNIST files missing in {folder}{found}: {', '.join(missing)}; {_fix_hint(Path(data_dir))}"
         )
@@ -192,8 +195,9 @@ def _download_failed(data_dir: str | Path, missing: list[str], err: Exception, f
     if folder_was_missing:
         # a folder that is not there is most likely a typo: the fix is the right folder, not files put into this one
         return (
-            f"data folder {data_dir} does not exist and {why}; point --data.data_dir or {DATA_DIR_ENV} at the "
-            "folder that holds MNIST/raw, or run again with internet access"
+            f"MNIST files missing in {raw_dir(data_dir)}: {', '.join(RAW_FILES)}, the data folder {data_dir} does not "
+            f"exist and {why}; point --data.data_dir or {DATA_DIR_ENV} at the folder that holds MNIST/raw, or run "
+            "again with internet access"
         )
     return (
         f"MNIST files missing in {raw_dir(data_dir)}: {', '.join(missing or RAW_FILES)}, and {why}; put them (plain "
