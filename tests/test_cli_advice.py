@@ -168,3 +168,10 @@ def test_export_serve_and_report_describe_a_folder_the_same_way(isolated: Path, 
         line = error_line(run_cli(*command, "--ckpt_path", str(given), check=False))
         assert "is a folder; it holds only last.ckpt" in line, line
         assert f"--ckpt_path {shlex.quote(str(given / 'last.ckpt'))}" in line
+
+
+def test_the_one_line_summary_keeps_an_options_dashes_and_drops_only_list_bullets() -> None:
+    from mnist_lightning.cli.messages import summarize_parse_error
+
+    assert summarize_parse_error("--device cuda:7: there is no such GPU") == "--device cuda:7: there is no such GPU"
+    assert summarize_parse_error("  - the first reason\n  - the second") == "the first reason"
