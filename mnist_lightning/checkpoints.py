@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mnist_lightning.checkpoint_paths import LAST_NAME, check_checkpoint_file
 from mnist_lightning.data.files import missing_raw_files
 from mnist_lightning.errors import CheckpointError
 from mnist_lightning.models import MNISTClassifier
@@ -33,7 +34,6 @@ METRICS_KEY = "metrics"
 # data settings that belong to the machine or the command, not to the trained model
 MACHINE_DATA_SETTINGS = ("data_dir", "predict_images")
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"  # every checkpoint Lightning writes has it; its loader needs it
-LAST_NAME = re.compile(r"last(-v\d+)?\.ckpt")
 RUN_ID = re.compile(r"[a-z0-9]{8}")
 
 
@@ -89,15 +89,10 @@ def searched(roots: Iterable[str | Path]) -> str:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's tensors and plain data (``weights_only``), or a one-line :class:`CheckpointError`."""
+    """A checkpoint's tensors and plain data (``weights_only``), or a one-line :class:`CheckpointError` that says
+    what the path is instead (see :func:`check_checkpoint_file`)."""
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder; pass one of the .ckpt files in it")
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; pass a .ckpt file from runs/<project>/<run id>/checkpoints "
-            "or --ckpt_path last"
-        )
+    check_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises many types for a damaged or foreign file; all mean the same here

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mnist_lightning.checkpoints import inspect_checkpoint
+from mnist_lightning.checkpoints import data_dir_to_evaluate, inspect_checkpoint
 from mnist_lightning.checkpoints import load_classifier as load_checked_classifier
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
 from mnist_lightning.data import MNISTDataModule, normalize_uint8
@@ -128,9 +128,13 @@ def load_classifier(path: str | Path) -> MNISTClassifier:
 def load_datamodule(path: str | Path | None = None, **settings: Any) -> MNISTDataModule:
     """A set-up :class:`MNISTDataModule`; given a checkpoint, with the data settings (split, seeds) it was trained with.
 
-    ``settings`` (such as ``data_dir``) override the checkpoint's.
+    ``settings`` (such as ``data_dir``) override the checkpoint's; the data folder is the one it was trained on
+    while that still holds MNIST (as for ``mnist-lightning validate``), else the default.
     """
-    stored = inspect_checkpoint(path).data_settings if path else {}
+    stored = {}
+    if path:
+        info = inspect_checkpoint(path)
+        stored = {**info.data_settings, "data_dir": data_dir_to_evaluate(info)}
     datamodule = MNISTDataModule(**{**stored, **settings})
     datamodule.prepare_data()
     datamodule.setup()

@@ -134,7 +134,7 @@ def make_cases() -> list:
         ("data-corrupt", "corrupt", ["fit", "--model", "MLPClassifier"], "t10k-images-idx3-ubyte fails its MD5"),
         ("ckpt-missing", None, ["test", "--ckpt_path", "gone.ckpt"], "checkpoint gone.ckpt does not exist"),
         ("ckpt-truncated", "ckpt", ["test", "--ckpt_path", "truncated.ckpt"], "truncated or not a Lightning"),
-        ("ckpt-not-a-checkpoint", "ckpt", ["predict", "--ckpt_path", "notes.ckpt"], "truncated or not a Lightning"),
+        ("ckpt-not-a-checkpoint", "ckpt", ["predict", "--ckpt_path", "notes.ckpt"], "is a text file (it starts"),
         ("ckpt-no-state-dict", "ckpt", ["validate", "--ckpt_path", "tensors.ckpt"], "is not a Lightning checkpoint"),
         ("ckpt-last-none", None, ["test", "--ckpt_path", "last"], "no last.ckpt under runs"),
         (

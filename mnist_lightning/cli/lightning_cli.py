@@ -28,7 +28,13 @@ from mnist_lightning.cli.messages import OneLineErrorParser, quiet_library_noise
 from mnist_lightning.cli.parsing import parse_with_checkpoint, section_of
 from mnist_lightning.cli.preflight import check_predictions_file, check_resumed_epochs, prepare_data_before_launch
 from mnist_lightning.cli.presets import config_dir
-from mnist_lightning.cli.run_folder import check_outputs, keep_checkpoint_folder, lock_run, place_run
+from mnist_lightning.cli.run_folder import (
+    check_outputs,
+    keep_checkpoint_folder,
+    lock_run,
+    place_run,
+    refresh_resumed_last,
+)
 from mnist_lightning.cli.trainer_setup import add_callback_arguments, drop_prediction_writer, trainer_additions
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import DEBUG_ENV, ConfigError, innermost, one_line, user_error
@@ -126,6 +132,7 @@ class MNISTLightningCLI(LightningCLI):
             self.checkpoint_state = None  # the weights are loaded again by Lightning, from the file
         if self.subcommand in (None, "fit"):
             self.run_dir = place_run(self.trainer, self.checkpoint)
+            refresh_resumed_last(self.trainer, self.checkpoint, self.run_dir)
         else:
             keep_checkpoint_folder(self.trainer, self.checkpoint)
 

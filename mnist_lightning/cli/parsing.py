@@ -23,6 +23,7 @@ from mnist_lightning.checkpoints import (
     check_data_settings,
     check_settings,
     classifier_class,
+    data_dir_to_evaluate,
     find_last,
     inspect_checkpoint,
     known_class_paths,
@@ -31,9 +32,10 @@ from mnist_lightning.checkpoints import (
     searched,
 )
 from mnist_lightning.cli.logger_settings import continue_wandb_run, follow_root_dir, logger_folders
-from mnist_lightning.cli.messages import OneLineErrorParser, TentativeParseError
+from mnist_lightning.cli.messages import EXPECTED, MAX_SEED, PROG, OneLineErrorParser, TentativeParseError
 from mnist_lightning.cli.presets import resolve_preset_args, show_model_help
-from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.data import MNISTDataModule, default_data_dir
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.evaluation.ensemble import expand_checkpoints
 
 # stands in for "no model given" while the command line is first parsed: the checkpoint may supply the model
@@ -79,17 +81,25 @@ def parse_with_checkpoint(parser: LightningArgumentParser, args: Any, subcommand
         parsed.checkpoint_state = read_checkpoint(ckpt_path)
         parsed.checkpoint = inspect_checkpoint(ckpt_path, parsed.checkpoint_state)
         defaults.update(checkpoint_defaults(parsed.checkpoint, user_model, prefix))
+        defaults.update(trained_data_dir_default(parsed.checkpoint, section, prefix))
     parser.set_defaults(defaults)
     if parsed.checkpoint is not None or user_model is None or not complete:
         config = parse()  # a missing model is now the parser's own "required" error
     section = section_of(config, subcommand)
     follow_root_dir(section)
+    check_seed(section.get("seed_everything"))
     if ckpt_path != section.get("ckpt_path"):
         section.ckpt_path = ckpt_path
     if parsed.checkpoint is not None and parsed.checkpoint.wandb_run_id:
         continue_wandb_run(section, parsed.checkpoint.wandb_run_id, resume=subcommand != "fit")
     parsed.config = config
     return parsed
+
+
+def check_seed(seed: Any) -> None:
+    """Refuse a seed that Lightning's ``seed_everything`` would refuse with a traceback (out of numpy's range)."""
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed_everything expects {EXPECTED['seed_everything']}; got {seed}")
 
 
 def parse_functions(
@@ -147,6 +157,30 @@ def checkpoint_defaults(info: CheckpointInfo, user_model: Namespace | None, pref
         check_settings(info, classifier_class(info, trusted))
         defaults[f"{prefix}model"] = {"class_path": info.class_path, "init_args": info.model_settings}
     return defaults
+
+
+def trained_data_dir_default(info: CheckpointInfo, section: Namespace, prefix: str) -> dict[str, Any]:
+    """The data folder the checkpoint was trained on as the ``data.data_dir`` default while it still holds MNIST (see
+    :func:`~mnist_lightning.checkpoints.data_dir_to_evaluate`); a folder the user gave (command line or config file:
+    the first parse has it) still wins, and it beats ``$MNIST_LIGHTNING_DATA_DIR``, which is a default for every
+    command while the checkpoint names the data this model was trained on. Either way one line says so on stderr."""
+    if section.get("data.data_dir") or not info.trained_data_dir or section.get("data.predict_images"):
+        return {}  # the user's folder, no folder recorded, or predict on image files (no MNIST read)
+    folder = data_dir_to_evaluate(info)
+    if folder is None:
+        print(
+            f"{PROG}: the checkpoint was trained on MNIST in {info.trained_data_dir}, which no longer holds it: "
+            f"reading {default_data_dir()} instead (--data.data_dir DIR to choose)",
+            file=sys.stderr,
+        )
+        return {}
+    if Path(folder).absolute() != default_data_dir().absolute():
+        print(
+            f"{PROG}: reading MNIST from {folder}, the folder the checkpoint was trained on "
+            "(--data.data_dir DIR to choose another)",
+            file=sys.stderr,
+        )
+    return {f"{prefix}data.data_dir": folder}
 
 
 def parse_without_model_settings(parser: LightningArgumentParser, argv: list[str]) -> tuple[Namespace, bool]:

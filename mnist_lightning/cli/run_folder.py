@@ -14,6 +14,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mnist_lightning.callbacks import RunLock
+from mnist_lightning.checkpoint_paths import LAST_NAME
 from mnist_lightning.checkpoints import CheckpointInfo
 from mnist_lightning.outputs import ensure_writable_folder
 from mnist_lightning.runs import PROJECT_FOLDER, new_run_id, run_directory
@@ -30,6 +31,23 @@ def place_run(trainer: Trainer, checkpoint: CheckpointInfo | None) -> Path:
             folder = Path(trainer.default_root_dir) / PROJECT_FOLDER / run_id
         callback.dirpath = str(folder / "checkpoints")
     return Path(run_directory(trainer))
+
+
+def refresh_resumed_last(trainer: Trainer, checkpoint: CheckpointInfo | None, run_dir: Path | None) -> None:
+    """Resuming from ``last.ckpt`` (or ``last-vN.ckpt``) in the folder this run writes its checkpoints to: refresh that
+    file, as a run resumed in place does.
+
+    Lightning restores which file is "last" only when the folder recorded in the checkpoint is the one written to
+    now; for a run folder that was copied or moved it forgets it, finds the file there and writes ``last-v1.ckpt``
+    beside it, so the folder gains a stale copy with every resume. The folder is known before Lightning's
+    ModelCheckpoint resolves it: the one given, else ``<run dir>/checkpoints`` (ModelCheckpoint's own rule).
+    """
+    callback = trainer.checkpoint_callback
+    if checkpoint is None or not isinstance(callback, ModelCheckpoint) or not LAST_NAME.fullmatch(checkpoint.path.name):
+        return
+    dirpath = callback.dirpath or (os.path.join(run_dir, "checkpoints") if run_dir is not None else None)
+    if dirpath and Path(dirpath).resolve() == checkpoint.path.parent.resolve():
+        callback.last_model_path = os.path.join(dirpath, checkpoint.path.name)
 
 
 def keep_checkpoint_folder(trainer: Trainer, checkpoint: CheckpointInfo | None) -> None:

@@ -3,6 +3,7 @@ sliced on the device and turned into model input (augmented for training) after 
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -85,6 +86,10 @@ class MNISTDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if data_dir:
+            # recorded absolute in the checkpoint: validate/test/predict read the folder a model was trained on
+            # again (checkpoints.data_dir_to_evaluate), maybe from another working folder
+            self.hparams["data_dir"] = os.path.abspath(data_dir)
         check_settings(self.hparams)
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.batch_size = batch_size

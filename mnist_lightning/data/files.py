@@ -99,6 +99,11 @@ def load_raw_files(data_dir: str | Path) -> dict[str, bytes]:
     if missing:
         present = len(RAW_FILES) - len(missing)
         found = f" ({present} of {len(RAW_FILES)} present)" if present else ""
+        if not Path(data_dir).is_dir():  # most likely a typo: the fix is the right folder, not files put there
+            raise MNISTDataError(
+                f"MNIST files missing in {folder}: the data folder {data_dir} does not exist; "
+                f"{_fix_hint(Path(data_dir))}"
+            )
         raise MNISTDataError(
             f"MNIST files missing in {folder}{found}: {', '.join(missing)}; {_fix_hint(Path(data_dir))}"
         )
@@ -152,12 +157,14 @@ def download(data_dir: str | Path) -> None:
     """Download MNIST through torchvision and move the four files into place only once all of them are verified.
 
     The download goes to a temporary folder inside ``data_dir``: a download that breaks halfway leaves nothing in
-    ``MNIST/raw`` that could later pass as data.
+    ``MNIST/raw`` that could later pass as data, and a ``data_dir`` that did not exist before is not left behind
+    either (a mistyped folder is not made real).
     """
     from torchvision import datasets
 
     target = raw_dir(data_dir)
     missing = missing_raw_files(data_dir)
+    created = [folder for folder in (Path(data_dir), *Path(data_dir).parents) if not folder.exists()]
     try:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=data_dir, prefix=".mnist-download-") as staging:
@@ -165,11 +172,7 @@ def download(data_dir: str | Path) -> None:
                 for train in (True, False):
                     datasets.MNIST(staging, train=train, download=True)
             except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on what failed
-                raise MNISTDataError(
-                    f"MNIST files missing in {target}: {', '.join(missing or RAW_FILES)}, and the download failed "
-                    f"({_download_failure(err)}); put them (plain or .gz) in that folder, point --data.data_dir or "
-                    f"{DATA_DIR_ENV} at a folder whose MNIST/raw holds them, or run again with internet access"
-                ) from err
+                raise MNISTDataError(_download_failed(data_dir, missing, err, bool(created))) from err
             try:
                 verify_raw_files(staging)
             except MNISTDataError as err:
@@ -178,9 +181,38 @@ def download(data_dir: str | Path) -> None:
             for name in RAW_FILES:
                 os.replace(raw_dir(staging) / name, target / name)
     except OSError as err:
+        remove_empty(created)
         raise MNISTDataError(
             f"cannot write MNIST into {data_dir} ({err.strerror or err}); {_fix_hint(Path(data_dir))}"
         ) from err
+    except MNISTDataError:
+        remove_empty(created)
+        raise
+
+
+def _download_failed(data_dir: str | Path, missing: list[str], err: Exception, folder_was_missing: bool) -> str:
+    why = f"the download failed ({_download_failure(err)})"
+    if folder_was_missing:
+        # a folder that is not there is most likely a typo: the fix is the right folder, not files put into this one
+        return (
+            f"MNIST files missing in {raw_dir(data_dir)}: {', '.join(RAW_FILES)}, the data folder {data_dir} does not "
+            f"exist and {why}; point --data.data_dir or {DATA_DIR_ENV} at the folder that holds MNIST/raw, or run "
+            "again with internet access"
+        )
+    return (
+        f"MNIST files missing in {raw_dir(data_dir)}: {', '.join(missing or RAW_FILES)}, and {why}; put them (plain "
+        f"or .gz) in that folder, point --data.data_dir or {DATA_DIR_ENV} at a folder whose MNIST/raw holds them, "
+        "or run again with internet access"
+    )
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) where they are empty: those a failed download created."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def ensure_mnist(data_dir: str | Path, download_if_missing: bool = True) -> None:
