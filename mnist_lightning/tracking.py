@@ -198,10 +198,16 @@ class WatchHistograms(Callback):
 
     def __init__(self, logger: AutoWandbLogger) -> None:
         self.logger = logger
+        self.step_at_batch_start = -1
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.step_at_batch_start = trainer.global_step
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step % self.logger.watch_log_freq == 0:
+        # once per optimizer step: under gradient accumulation only the batch that ended one moved global_step
+        stepped = trainer.global_step > self.step_at_batch_start
+        if stepped and trainer.global_step % self.logger.watch_log_freq == 0:
             self.logger.experiment.log({"trainer/global_step": trainer.global_step})
 
 

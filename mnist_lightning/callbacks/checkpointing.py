@@ -118,13 +118,23 @@ class ResumableCheckpoint(ModelCheckpoint):
         if last_every_n_train_steps < 0:
             raise ConfigError(f"last_every_n_train_steps must be 0 or more, got {last_every_n_train_steps}; try 200")
         self.last_every_n_train_steps = last_every_n_train_steps
+        self._step_at_batch_start = -1
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        super().on_train_batch_start(trainer, pl_module, *args)
+        self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         every = self.last_every_n_train_steps
+        # under gradient accumulation several batches end at one global_step: only the batch whose optimizer step
+        # moved it counts (a save after the other batches would repeat the refresh, and one between the batches of
+        # an accumulation would lose the gradients gathered so far when resumed)
+        stepped = trainer.global_step > self._step_at_batch_start
         if (
             self.save_last
             and every > 0
+            and stepped
             and trainer.global_step % every == 0
             and not self._should_skip_saving_checkpoint(trainer)
         ):
