@@ -94,6 +94,14 @@ def listen() -> None:
             signal.signal(signum, _on_signal)
 
 
+def command_finished() -> None:
+    """``main`` returns: the handlers stay (a signal now is raised at once), except after a save on the way out,
+    where a further signal still ends the process without waiting for W&B."""
+    disarm()
+    if _state.phase != "saved":
+        _state.phase = "idle"
+
+
 def end_startup_guard() -> None:
     """Commands that handle signals their own way get back the handlers that were there before the guard."""
     for signum, handler in _state.before_startup.items():
@@ -140,8 +148,8 @@ def disarm() -> None:
 def state_saved() -> None:
     """``last.ckpt`` is written on the way out: a further signal ends the process at once. Lightning ignores
     Ctrl+C while it shuts a fit down; it is listened to again here."""
-    if _state.phase == "idle":  # not the console command (a Trainer in a notebook or a test): its handlers stay
-        return
+    if _state.phase not in ("running", "training"):  # not the console command's fit (a Trainer in a notebook or a
+        return  # test): the handlers stay as they are
     _state.phase = "saved"
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_signal)

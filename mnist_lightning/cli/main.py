@@ -98,3 +98,5 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(error_line(summarize_parse_error(str(cause))), file=sys.stderr)
         sys.exit(1)
+    finally:
+        interrupts.command_finished()
