@@ -21,13 +21,19 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from mnist_lightning.checkpoints import METRICS_KEY, RUN_ID_KEY, artifact_metadata
+from mnist_lightning.errors import MNISTLightningError
 from mnist_lightning.outputs import ensure_writable_folder, write_atomically
 from mnist_lightning.runs import new_run_id, run_directory
 
+# the checkpoint key of the W&B run's next history step when it was saved (a resumed run goes on from there)
+WANDB_STEP_KEY = "wandb_step"
+# beside wandb's files of a run's folder: the next history step when the process ended
+NEXT_STEP_FILE = "mnist-lightning-next-step"
 # the W&B config key of an evaluation run (validate, test) that names the training run it evaluated
 TRAINING_RUN_KEY = "training_run_id"
 
@@ -165,6 +171,7 @@ class AutoWandbLogger(WandbLogger):
                 except Exception as err:  # the checkpoints are on disk either way: never fail the finished run
                     print(f"W&B: checkpoints not logged as artifacts ({type(err).__name__}: {err})", file=sys.stderr)
         run = self.experiment
+        record_next_step(run)
         if self.is_offline or run.offline:
             folder = Path(run.dir.removesuffix("/files"))
             parts = offline_folders(folder.parent, run.id) or [folder]
@@ -203,6 +210,23 @@ def offline_folders(wandb_dir: Path, run_id: str) -> list[Path]:
     """The offline folders of run ``run_id`` in ``wandb_dir``, oldest first: a resumed run has one per process,
     which ``wandb sync`` uploads one after the other in that order."""
     return sorted(wandb_dir.glob(f"offline-run-*-{run_id}"))
+
+
+def record_next_step(run: Any) -> None:
+    """Note the run's next history step in its folder (beside wandb's files, not uploaded): a later part of the run
+    (``fit --ckpt_path``) starts after it."""
+    with contextlib.suppress(OSError, MNISTLightningError, AttributeError, TypeError):
+        write_atomically(Path(run.dir).parent / NEXT_STEP_FILE, str(int(run.step)))
+
+
+def recorded_steps(wandb_dir: Path, run_id: str, current: Path) -> list[int]:
+    """The next steps that the earlier offline folders of run ``run_id`` recorded when their process ended."""
+    steps = []
+    for folder in offline_folders(wandb_dir, run_id):
+        if folder != current:
+            with contextlib.suppress(OSError, ValueError):
+                steps.append(int((folder / NEXT_STEP_FILE).read_text()))
+    return steps
 
 
 def sync_command(folders: list[Path]) -> str:
@@ -267,8 +291,9 @@ class SaveConfigToRun(SaveConfigCallback):
     """Writes the resolved config next to the checkpoints and puts it, whole, in the W&B run config.
 
     The W&B config also gets ``num_parameters`` (the model's trainable parameters) and ``split_sizes`` (images in
-    each data split). Every checkpoint records the W&B run id (so ``fit --ckpt_path`` resumes that run) and the
-    metrics at the time it was saved (the model artifacts' metadata).
+    each data split). Every checkpoint records the W&B run id (so ``fit --ckpt_path`` resumes that run), the run's
+    next history step (so that the resumed run's rows follow the earlier ones, offline too) and the metrics at the
+    time it was saved (the model artifacts' metadata).
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -297,9 +322,28 @@ class SaveConfigToRun(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint[RUN_ID_KEY] = str(logger.version)
+                step = getattr(logger.experiment, "step", None)  # other DDP ranks hold a stand-in run
+                if isinstance(step, int):
+                    checkpoint[WANDB_STEP_KEY] = step
         checkpoint[METRICS_KEY] = {
             name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1
         }
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # offline, a resumed run is a new folder whose W&B history would start again at step 0: synced after the
+        # first folder, its rows would land on steps the run already has. It goes on from the step the checkpoint
+        # recorded instead (online, W&B already starts it after the run's last step)
+        if trainer.state.fn != TrainerFn.FITTING or RUN_ID_KEY not in checkpoint or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and str(logger.version) == checkpoint[RUN_ID_KEY]:
+                run = logger.experiment
+                # rows logged after the checkpoint was saved (the epoch's end, the figures of the fit's end) are in
+                # the step the earlier parts recorded when they ended; a part killed outright recorded none
+                folder = Path(run.dir).parent
+                step = max([checkpoint.get(WANDB_STEP_KEY) or 0, *recorded_steps(folder.parent, run.id, folder)])
+                if run.step < step:
+                    run.log({}, step=step, commit=False)  # sets the step without writing a row
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -77,3 +77,19 @@ def test_an_evaluation_of_a_run_without_a_group_is_grouped_under_the_run_id(isol
     assert run_record(folders[0]).run_group == ""  # fit is unchanged
     evaluation = run_record(folders[1])
     assert evaluation.run_group == run_dir.name and evaluation.job_type == "test"
+
+
+def test_a_resumed_offline_fit_goes_on_after_the_steps_of_its_first_part(isolated: Path) -> None:
+    common = ("fit", *LINEAR, *TINY)
+    run_cli(*common, "--trainer.max_epochs", "1")
+    run_cli(*common, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    first, second = sorted((isolated / "runs" / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
+    assert run_record(first).run_id == run_record(second).run_id  # one run, in two folders synced in order
+
+    def steps(folder: Path) -> list[int]:
+        (log,) = folder.glob("run-*.wandb")
+        return [r.history.step.num for r in read_records(log) if r.WhichOneof("record_type") == "history"]
+
+    # the second part's rows follow the first's: appended by a sync, none lands on a step the run already has
+    assert steps(first) and steps(second) and min(steps(second)) > max(steps(first))
+    assert read_run(second).metric("trainer/global_step")[-1] == 10
