@@ -13,8 +13,9 @@ The policy, phase by phase:
   a validation batch), so the saved state is that of a whole step. Should no safe point come within
   :data:`GRACE_SECONDS` (a long figure, a slow save) the signal is raised where the program is; a second signal
   is raised at once.
-- **saved** (:func:`state_saved`, after ``last.ckpt`` was written on the way out): a further signal ends the
-  process at once (``os._exit``), without waiting for W&B to finish its files.
+- **saved** (:func:`state_saved`, on the way out after an interruption, ``last.ckpt`` written when there was
+  something to save): a further signal ends the process at once (``os._exit``), without waiting for W&B to
+  finish its files.
 
 The console command listens to SIGINT even when it inherited it ignored (a background job of a non-interactive
 shell): ``kill -INT`` and ``timeout -s INT`` then stop a fit cleanly rather than not at all.
@@ -116,9 +117,15 @@ def received() -> int | None:
 
 
 def defer() -> None:
-    """A single-process fit's training loop is running: stop it at its next safe point."""
+    """A single-process fit's training loop is running: stop it at its next safe point.
+
+    Lightning's own SIGTERM handler (installed when its fit starts) stops after whichever batch ends next, also in
+    the middle of a gradient accumulation: this one takes SIGTERM back so that it waits for the optimizer step too
+    (Lightning puts its predecessor back at the end of the fit)."""
     if _state.phase == "running":
         _state.phase = "training"
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_signal)
 
 
 def stop_deferring() -> None:
@@ -146,8 +153,8 @@ def disarm() -> None:
 
 
 def state_saved() -> None:
-    """``last.ckpt`` is written on the way out: a further signal ends the process at once. Lightning ignores
-    Ctrl+C while it shuts a fit down; it is listened to again here."""
+    """The command is on its way out, ``last.ckpt`` written if there was anything to save: a further signal ends
+    the process at once. Lightning ignores Ctrl+C while it shuts a fit down; it is listened to again here."""
     if _state.phase not in ("running", "training"):  # not the console command's fit (a Trainer in a notebook or a
         return  # test): the handlers stay as they are
     _state.phase = "saved"
@@ -204,8 +211,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         report(f"stopped by {NAMES[signum]} while starting; nothing was written")
         raise SystemExit(exit_code(signum))
     if phase == "saved":
-        report(f"stopped by {NAMES[signum]} again; exiting without waiting for W&B (the checkpoint is saved)")
-        sys.stderr.flush()
+        print(f"{PROG}: stopped by {NAMES[signum]} again; exiting without waiting for W&B", file=sys.stderr, flush=True)
         os._exit(exit_code(signum))
     if _state.pending is None:
         _state.received.append(signum)

@@ -98,7 +98,8 @@ def test_a_signal_before_the_first_step_writes_no_checkpoint(isolated: Path, mom
     [
         # the step under way is completed, the next is not started (two batches a step: a whole accumulation)
         ("train_step:3", "SIGINT", 4, ("--trainer.accumulate_grad_batches", "2")),
-        ("train_step:2", "SIGTERM", 3, ()),
+        # in the middle of an accumulation (batch 4 is the second of step 1's three): step 1 is completed first
+        ("batch:4", "SIGTERM", 2, ("--trainer.accumulate_grad_batches", "3")),
         # the periodic last.ckpt of step 5 is being written: it is finished, then the fit stops
         ("checkpoint", "SIGINT", 5, ()),
         ("checkpoint", "SIGTERM", 5, ()),
@@ -118,7 +119,7 @@ def test_a_signal_during_training_saves_last_ckpt_and_exits(
     assert f"step {step}; saved runs/mnist-lightning/" in line and "--ckpt_path last" in line
     # the state of whole optimizer steps: every batch of the steps taken, none of the next
     batches = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"]
-    assert batches == step * (2 if args else 1)
+    assert batches == step * (int(args[1]) if args else 1)
 
 
 def test_ctrl_c_stops_a_fit_that_inherited_ctrl_c_ignored(isolated: Path) -> None:
@@ -176,3 +177,21 @@ def test_a_fit_blocked_away_from_safe_points_is_stopped_after_the_grace_period(
 def test_outside_a_training_loop_a_signal_is_raised_at_once(listening: object) -> None:
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_on_the_way_out_a_further_signal_ends_the_process_at_once(
+    listening: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Exited(Exception):
+        pass
+
+    def exit_now(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(interrupts.os, "_exit", exit_now)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what Lightning does while it shuts a fit down
+    interrupts.state_saved()  # last.ckpt written: Ctrl+C is heard again, and no longer waits for anything
+    with pytest.raises(Exited) as exited:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert exited.value.args == (130,)
+    assert "stopped by Ctrl+C again; exiting without waiting for W&B" in capsys.readouterr().err

@@ -7,6 +7,7 @@ and SIGTERM (``--trainer.callbacks+=train_signal_at.SignalAt`` with this folder 
 - ``setup``: after the data is loaded and the W&B run started, before the sanity check;
 - ``sanity``: during the sanity check's first validation batch;
 - ``train_step:N``: inside optimizer step N (0-based: after the backward pass, before the weights change);
+- ``batch:N``: as training batch N (0-based, counted in the epoch) starts;
 - ``validation``: during the first validation batch after training started;
 - ``checkpoint``: while the first checkpoint file is being written (from inside ``torch.save``).
 """
@@ -54,6 +55,10 @@ class SignalAt(L.Callback):
             send()
         if self.moment == "validation" and not trainer.sanity_checking:
             self.moment = "sent"
+            send()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, index: int) -> None:
+        if self.moment == "batch" and index == self.step:
             send()
 
     def on_before_optimizer_step(self, trainer: L.Trainer, *args: Any) -> None:

@@ -171,10 +171,16 @@ class ResumableCheckpoint(ModelCheckpoint):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         interrupts.disarm()
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            _INTERRUPTIONS.append(signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT)
-        interrupted = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
-        if not interrupted or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        _INTERRUPTIONS.append(signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT)
+        try:
+            self._save_on_interruption(trainer, exception)
+        finally:
+            interrupts.state_saved()  # from here a further signal ends the process at once
+
+    def _save_on_interruption(self, trainer: L.Trainer, exception: BaseException) -> None:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
         if trainer.fast_dev_run or self.save_last is False:
             return
@@ -183,7 +189,6 @@ class ResumableCheckpoint(ModelCheckpoint):
         if self._step_at_train_start is None or trainer.global_step <= self._step_at_train_start:
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        interrupts.state_saved()
         if trainer.is_global_zero:
             what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl+C"
             interrupts.report(
