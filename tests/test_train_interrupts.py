@@ -85,7 +85,11 @@ def test_ctrl_c_while_the_command_imports_its_libraries_is_one_line(isolated: Pa
     assert not (isolated / "runs").exists()
 
 
-@pytest.mark.parametrize(("moment", "sent"), [("init", "SIGTERM"), ("setup", "SIGINT"), ("sanity", "SIGTERM")], ids=str)
+@pytest.mark.parametrize(
+    ("moment", "sent"),
+    [("init", "SIGTERM"), ("setup", "SIGINT"), pytest.param("sanity", "SIGTERM", marks=pytest.mark.slow)],
+    ids=str,
+)
 def test_a_signal_before_the_first_step_writes_no_checkpoint(isolated: Path, moment: str, sent: str) -> None:
     code, stderr = finish(start(isolated, moment, sent))
     check_stopped(isolated, code, stderr, getattr(signal, sent))
@@ -102,7 +106,7 @@ def test_a_signal_before_the_first_step_writes_no_checkpoint(isolated: Path, mom
         ("batch:4", "SIGTERM", 2, ("--trainer.accumulate_grad_batches", "3")),
         # the periodic last.ckpt of step 5 is being written: it is finished, then the fit stops
         ("checkpoint", "SIGINT", 5, ()),
-        ("checkpoint", "SIGTERM", 5, ()),
+        pytest.param("checkpoint", "SIGTERM", 5, (), marks=pytest.mark.slow),
         ("validation", "SIGTERM", 12, ()),  # epoch 0's validation, after its 12 steps
     ],
     ids=str,
