@@ -1,11 +1,13 @@
 """Weights & Biases: a logger that goes offline by itself, the resolved CLI config on the run page, checkpoints as
-model artifacts (staged when offline), optional ``wandb.watch``, and resuming a run from its checkpoint."""
+model artifacts (staged when offline), optional ``wandb.watch``, resuming a run from its checkpoint, evaluations as
+runs of their own next to the training run, and the ``wandb sync`` line that uploads all of it."""
 
 from __future__ import annotations
 
 import contextlib
 import netrc
 import os
+import shlex
 import sys
 from argparse import Namespace
 from collections.abc import Iterator
@@ -19,12 +21,21 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from mnist_lightning.checkpoints import METRICS_KEY, RUN_ID_KEY, artifact_metadata
+from mnist_lightning.errors import MNISTLightningError
 from mnist_lightning.outputs import ensure_writable_folder, write_atomically
 from mnist_lightning.runs import new_run_id, run_directory
+
+# the checkpoint key of the W&B run's next history step when it was saved (a resumed run goes on from there)
+WANDB_STEP_KEY = "wandb_step"
+# beside wandb's files of a run's folder: the next history step when the process ended
+NEXT_STEP_FILE = "mnist-lightning-next-step"
+# the W&B config key of an evaluation run (validate, test) that names the training run it evaluated
+TRAINING_RUN_KEY = "training_run_id"
 
 
 def wandb_logged_in() -> bool:
@@ -52,8 +63,15 @@ class AutoWandbLogger(WandbLogger):
             epoch, step and metrics as metadata; offline runs keep them until ``wandb sync``.
         watch: ``gradients``, ``parameters`` or ``all`` turns on ``wandb.watch`` histograms; ``null`` leaves it off.
         watch_log_freq: log the watched histograms every this many training steps.
-        resume: W&B's resume mode; the CLI sets ``allow`` when ``validate`` or ``test`` log to the training run.
+        resume: W&B's resume mode.
         checkpoint_name: the name of the model artifact (``model-<run id>`` when not set).
+        evaluates_run: the id of the training run whose checkpoint this run evaluates (the CLI sets it for
+            ``validate`` and ``test``). The evaluation is a W&B run of its own (a new id, ``job_type`` the command,
+            ``training_run_id`` in its config, the training run's group: the ``group`` in its ``config.yaml``, else
+            its id), so it never resumes the training run: an offline training run and its evaluations are separate
+            folders with separate ids, and syncing them cannot replace one history with another (wandb issues
+            #3841, #5865). Its figures still go to the training run's folder.
+        job_type: W&B's job type of the run (``validate`` or ``test`` for an evaluation; else none).
         **kwargs: anything else Lightning's ``WandbLogger`` (and ``wandb.init``) accepts, e.g. ``project``, ``name``.
     """
 
@@ -69,6 +87,8 @@ class AutoWandbLogger(WandbLogger):
         watch_log_freq: int = 100,
         resume: Literal["allow", "must", "never"] | None = None,
         checkpoint_name: str | None = None,
+        evaluates_run: str | None = None,
+        job_type: str | None = None,
         **kwargs: Any,
     ) -> None:
         if offline is None:
@@ -86,6 +106,12 @@ class AutoWandbLogger(WandbLogger):
             # a W&B sweep agent names the run of each trial in WANDB_RUN_ID: that one, or a new one
             kwargs["id"] = os.environ.get("WANDB_RUN_ID") or new_run_id()
         ensure_writable_folder(kwargs["save_dir"], "the W&B folder (save_dir)")  # wandb.init needs it, and fails late
+        self.evaluates_run = evaluates_run
+        if job_type or evaluates_run:
+            kwargs["job_type"] = job_type or "evaluation"
+        if evaluates_run:
+            kwargs["config"] = {**(kwargs.get("config") or {}), TRAINING_RUN_KEY: evaluates_run}
+            group = group or training_group(Path(kwargs["save_dir"]), kwargs.get("project"), evaluates_run)
         init_extras = {key: value for key, value in (("tags", tags), ("group", group), ("notes", notes)) if value}
         # Lightning refuses log_model when offline; the artifacts are logged here instead, in both modes
         super().__init__(offline=offline, log_model=False, **init_extras, **kwargs)
@@ -109,6 +135,12 @@ class AutoWandbLogger(WandbLogger):
         run = super().experiment
         self.run_started = True
         return run
+
+    @property
+    def version(self) -> str | None:
+        """The run folder's id (``<save_dir>/<project>/<version>``): an evaluation's figures go to the folder of the
+        training run it evaluates; otherwise the W&B run id."""
+        return self.evaluates_run or super().version
 
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
@@ -139,14 +171,13 @@ class AutoWandbLogger(WandbLogger):
                 except Exception as err:  # the checkpoints are on disk either way: never fail the finished run
                     print(f"W&B: checkpoints not logged as artifacts ({type(err).__name__}: {err})", file=sys.stderr)
         run = self.experiment
+        record_next_step(run)
         if self.is_offline or run.offline:
             folder = Path(run.dir.removesuffix("/files"))
-            # a resumed (or evaluated) run has one offline folder per process: all of them, oldest first
-            parts = sorted(folder.parent.glob(f"offline-run-*-{run.id}")) or [folder]
-            print(
-                f"W&B: offline run saved in {folder}; upload it with: wandb sync {' '.join(map(str, parts))}",
-                file=sys.stderr,
-            )
+            parts = offline_folders(folder.parent, run.id) or [folder]
+            if self.evaluates_run:  # the training run too, which the evaluation points to (synced ones are skipped)
+                parts = offline_folders(folder.parent, self.evaluates_run) + parts
+            print(f"W&B: offline run saved in {folder}; upload it with: {sync_command(parts)}", file=sys.stderr)
         elif run.url:
             print(f"W&B: run at {run.url}", file=sys.stderr)
 
@@ -175,6 +206,51 @@ class AutoWandbLogger(WandbLogger):
             self._staged[path] = modified
 
 
+def offline_folders(wandb_dir: Path, run_id: str) -> list[Path]:
+    """The offline folders of run ``run_id`` in ``wandb_dir``, oldest first: a resumed run has one per process,
+    which ``wandb sync`` uploads one after the other in that order."""
+    return sorted(wandb_dir.glob(f"offline-run-*-{run_id}"))
+
+
+def record_next_step(run: Any) -> None:
+    """Note the run's next history step in its folder (beside wandb's files, not uploaded): a later part of the run
+    (``fit --ckpt_path``) starts after it."""
+    with contextlib.suppress(OSError, MNISTLightningError, AttributeError, TypeError):
+        write_atomically(Path(run.dir).parent / NEXT_STEP_FILE, str(int(run.step)))
+
+
+def recorded_steps(wandb_dir: Path, run_id: str, current: Path) -> list[int]:
+    """The next steps that the earlier offline folders of run ``run_id`` recorded when their process ended."""
+    steps = []
+    for folder in offline_folders(wandb_dir, run_id):
+        if folder != current:
+            with contextlib.suppress(OSError, ValueError):
+                steps.append(int((folder / NEXT_STEP_FILE).read_text()))
+    return steps
+
+
+def sync_command(folders: list[Path]) -> str:
+    """``wandb sync`` with ``folders``, each quoted for the shell (a path with spaces works as printed)."""
+    return shlex.join(["wandb", "sync", *map(str, folders)])
+
+
+def training_group(save_dir: Path, project: str | None, run_id: str) -> str:
+    """The W&B group of training run ``run_id``: the one in its ``config.yaml``, else the run id (which then groups
+    the run's evaluations)."""
+    config = save_dir / (project or "mnist-lightning") / run_id / "config.yaml"
+    try:
+        settings = yaml.safe_load(config.read_text()) or {}
+        logger = (settings.get("trainer") or {}).get("logger") or {}
+        loggers = logger if isinstance(logger, list) else [logger]
+        for entry in loggers:
+            group = ((entry or {}).get("init_args") or {}).get("group")
+            if group:
+                return str(group)
+    except (OSError, yaml.YAMLError, AttributeError):
+        pass  # no readable config next to the checkpoint: the id still links them
+    return run_id
+
+
 @contextlib.contextmanager
 def staging_beside_the_run(save_dir: Path) -> Iterator[None]:
     """Stage artifact files in ``<save_dir>/wandb/data`` (not ``~/.local/share/wandb``), unless ``WANDB_DATA_DIR``
@@ -198,10 +274,16 @@ class WatchHistograms(Callback):
 
     def __init__(self, logger: AutoWandbLogger) -> None:
         self.logger = logger
+        self.step_at_batch_start = -1
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.step_at_batch_start = trainer.global_step
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step % self.logger.watch_log_freq == 0:
+        # once per optimizer step: under gradient accumulation only the batch that ended one moved global_step
+        stepped = trainer.global_step > self.step_at_batch_start
+        if stepped and trainer.global_step % self.logger.watch_log_freq == 0:
             self.logger.experiment.log({"trainer/global_step": trainer.global_step})
 
 
@@ -209,8 +291,9 @@ class SaveConfigToRun(SaveConfigCallback):
     """Writes the resolved config next to the checkpoints and puts it, whole, in the W&B run config.
 
     The W&B config also gets ``num_parameters`` (the model's trainable parameters) and ``split_sizes`` (images in
-    each data split). Every checkpoint records the W&B run id (so ``fit --ckpt_path`` resumes that run) and the
-    metrics at the time it was saved (the model artifacts' metadata).
+    each data split). Every checkpoint records the W&B run id (so ``fit --ckpt_path`` resumes that run), the run's
+    next history step (so that the resumed run's rows follow the earlier ones, offline too) and the metrics at the
+    time it was saved (the model artifacts' metadata).
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -239,9 +322,28 @@ class SaveConfigToRun(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint[RUN_ID_KEY] = str(logger.version)
+                step = getattr(logger.experiment, "step", None)  # other DDP ranks hold a stand-in run
+                if isinstance(step, int):
+                    checkpoint[WANDB_STEP_KEY] = step
         checkpoint[METRICS_KEY] = {
             name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1
         }
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # offline, a resumed run is a new folder whose W&B history would start again at step 0: synced after the
+        # first folder, its rows would land on steps the run already has. It goes on from the step the checkpoint
+        # recorded instead (online, W&B already starts it after the run's last step)
+        if trainer.state.fn != TrainerFn.FITTING or RUN_ID_KEY not in checkpoint or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and str(logger.version) == checkpoint[RUN_ID_KEY]:
+                run = logger.experiment
+                # rows logged after the checkpoint was saved (the epoch's end, the figures of the fit's end) are in
+                # the step the earlier parts recorded when they ended; a part killed outright recorded none
+                folder = Path(run.dir).parent
+                step = max([checkpoint.get(WANDB_STEP_KEY) or 0, *recorded_steps(folder.parent, run.id, folder)])
+                if run.step < step:
+                    run.log({}, step=step, commit=False)  # sets the step without writing a row
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -250,13 +352,25 @@ def count_parameters(model: torch.nn.Module) -> int:
     return int(count) if count is not None else sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def is_wandb_logger_config(logger: Any) -> bool:
-    """True for a parsed ``class_path``/``init_args`` logger entry whose class is a WandbLogger."""
+def accepts_evaluates_run(logger: Any) -> bool:
+    """True for a parsed logger entry whose class is an :class:`AutoWandbLogger` (it takes ``evaluates_run``)."""
+    cls = logger_class(logger)
+    return cls is not None and issubclass(cls, AutoWandbLogger)
+
+
+def logger_class(logger: Any) -> type | None:
+    """The class a parsed ``class_path``/``init_args`` logger entry names, or None."""
     if not isinstance(logger, (Namespace, dict)) or not logger.get("class_path"):
-        return False
+        return None
     module, _, name = str(logger.get("class_path")).rpartition(".")
     try:
         cls = getattr(__import__(module, fromlist=[name]), name)
     except (ImportError, AttributeError):
-        return False
-    return isinstance(cls, type) and issubclass(cls, WandbLogger)
+        return None
+    return cls if isinstance(cls, type) else None
+
+
+def is_wandb_logger_config(logger: Any) -> bool:
+    """True for a parsed ``class_path``/``init_args`` logger entry whose class is a WandbLogger."""
+    cls = logger_class(logger)
+    return cls is not None and issubclass(cls, WandbLogger)

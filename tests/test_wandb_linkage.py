@@ -1,5 +1,5 @@
-"""W&B as its users expect, through the console script and the real wandb offline: evaluation on the training run,
-no empty predict runs, the learning rate, watch histograms at their frequency, artifacts staged with the run."""
+"""W&B as its users expect, through the console script and the real wandb offline: evaluation beside the training
+run, no empty predict runs, the learning rate, watch histograms at their frequency, artifacts staged with the run."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def offline_folders(root: Path) -> list[Path]:
     return sorted((root / "runs" / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
 
 
-def test_test_and_validate_log_to_the_run_that_trained_the_checkpoint(isolated: Path) -> None:
+def test_test_and_validate_log_next_to_the_run_that_trained_the_checkpoint(isolated: Path) -> None:
     run_cli("fit", *LINEAR, *TINY)
     (run_dir,) = (isolated / "runs" / "mnist-lightning").iterdir()
     config_before = (run_dir / "config.yaml").read_bytes()
@@ -26,12 +26,16 @@ def test_test_and_validate_log_to_the_run_that_trained_the_checkpoint(isolated: 
     tested = run_cli("test", "--ckpt_path", str(best))
     validated = run_cli("validate", "--ckpt_path", str(best))
     folders = offline_folders(isolated)
-    assert [read_run(f).run_id for f in folders] == [run_dir.name] * 3  # one W&B run: trained, tested, validated
-    assert read_run(folders[1]).metric("test/acc") and read_run(folders[2]).metric("val/acc")
+    runs = [read_run(f) for f in folders]
+    # trained, tested, validated: three W&B runs, the evaluations linked to the training run
+    assert runs[0].run_id == run_dir.name and len({run.run_id for run in runs}) == 3
+    assert runs[1].config["training_run_id"] == runs[2].config["training_run_id"] == run_dir.name
+    assert runs[1].metric("test/acc") and runs[2].metric("val/acc")
     assert [p.name for p in (isolated / "runs" / "mnist-lightning").iterdir()] == [run_dir.name]
     assert (run_dir / "config.yaml").read_bytes() == config_before  # the training config is not overwritten
-    # the sync hint names every part of the run
-    assert all(str(f.relative_to(isolated)) in validated.stderr for f in folders)
+    # the sync hint names the evaluation's run and the training run it points to
+    assert all(str(f.relative_to(isolated)) in tested.stderr for f in folders[:2])
+    assert all(str(f.relative_to(isolated)) in validated.stderr for f in (folders[0], folders[2]))
     assert "dirpath has changed" not in tested.stderr + validated.stderr
 
 

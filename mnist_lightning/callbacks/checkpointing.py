@@ -6,7 +6,6 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mnist_lightning import interrupts
 from mnist_lightning.errors import ConfigError, MNISTLightningError, OutputPathError
 from mnist_lightning.outputs import reason
 
@@ -103,7 +103,10 @@ class ResumableCheckpoint(ModelCheckpoint):
       and renamed, so a kill during a save never leaves a truncated checkpoint;
     - ``last.ckpt`` is also refreshed every ``last_every_n_train_steps`` optimizer steps (with ``save_last``), so a
       run killed with SIGKILL loses at most that many steps;
-    - on SIGTERM or Ctrl+C during ``fit`` the state is saved to ``last.ckpt`` before the process exits.
+    - on SIGTERM or Ctrl+C during ``fit`` the state is saved to ``last.ckpt`` before the process exits, when at
+      least one step was trained (an interruption before that leaves every file as it was); in the console
+      command the fit stops after the optimizer step or validation batch under way (see
+      :mod:`mnist_lightning.interrupts`), so the saved state is that of whole steps.
 
     A run resumed from any of these with ``--ckpt_path last`` continues in the middle of the epoch, with the same
     batch order (the training loader is resumable), and ends at the same epoch and step as an uninterrupted run.
@@ -120,13 +123,40 @@ class ResumableCheckpoint(ModelCheckpoint):
         self.last_every_n_train_steps = last_every_n_train_steps
         # whether Ctrl+C or SIGTERM prints fit's "continue with --ckpt_path last" (tune's trials print their own)
         self.announce_interruption = True
+        self._step_at_batch_start = -1
+        self._step_at_train_start: int | None = None  # None: training has not started in this process
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._step_at_train_start = trainer.global_step
+        # with several processes each would stop at its own safe point, and a rank that stopped while another
+        # waits in a collective would hang both: DDP keeps Lightning's own handling
+        if trainer.world_size == 1:
+            interrupts.defer()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        interrupts.stop_deferring()
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        super().on_validation_batch_end(trainer, pl_module, *args)
+        interrupts.stop_if_requested()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        super().on_train_batch_start(trainer, pl_module, *args)
+        self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         every = self.last_every_n_train_steps
+        # under gradient accumulation several batches end at one global_step: only the batch whose optimizer step
+        # moved it counts (a save after the other batches would repeat the refresh, and one between the batches of
+        # an accumulation would lose the gradients gathered so far when resumed)
+        stepped = trainer.global_step > self._step_at_batch_start
         if (
             self.save_last
             and every > 0
+            and stepped
             and trainer.global_step % every == 0
             and not self._should_skip_saving_checkpoint(trainer)
         ):
@@ -137,21 +167,33 @@ class ResumableCheckpoint(ModelCheckpoint):
             already_saved = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._last_global_step_saved = already_saved
+        if stepped:  # a safe point to stop at: the state of a whole optimizer step
+            interrupts.stop_if_requested()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            _INTERRUPTIONS.append(signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT)
-        interrupted = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
-        if not interrupted or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+        interrupts.disarm()
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        _INTERRUPTIONS.append(signal.SIGTERM if isinstance(exception, SIGTERMException) else signal.SIGINT)
+        try:
+            self._save_on_interruption(trainer, exception)
+        finally:
+            interrupts.state_saved()  # from here a further signal ends the process at once
+
+    def _save_on_interruption(self, trainer: L.Trainer, exception: BaseException) -> None:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
         if trainer.fast_dev_run or self.save_last is False:
+            return
+        # stopped while starting (loading data, W&B, the sanity check) or before the first step: nothing new to
+        # save, and a resumed run's last.ckpt must not be replaced by the weights it had before they were restored
+        if self._step_at_train_start is None or trainer.global_step <= self._step_at_train_start:
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if trainer.is_global_zero and self.announce_interruption:
             what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl+C"
-            print(
-                f"mnist-lightning: stopped by {what} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-                f"saved {self.last_model_path}; continue with the same command plus --ckpt_path last",
-                file=sys.stderr,
+            interrupts.report(
+                f"stopped by {what} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                f"saved {self.last_model_path}; continue with the same command plus --ckpt_path last"
             )

@@ -1,7 +1,7 @@
 """Logger settings the CLI fills in after parsing, before any logger exists.
 
 A W&B logger without a folder of its own writes under ``--trainer.default_root_dir`` (one root for everything a run
-writes), and a run started from a checkpoint logs to the W&B run that wrote it.
+writes), and a run started from a checkpoint logs to the W&B run that wrote it (``fit``) or next to it.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from argparse import Namespace
 from pathlib import Path
 
-from mnist_lightning.tracking import is_wandb_logger_config
+from mnist_lightning.tracking import accepts_evaluates_run, is_wandb_logger_config
 
 
 def logger_configs(section: Namespace) -> list[Namespace]:
@@ -33,13 +33,19 @@ def follow_root_dir(section: Namespace) -> None:
             logger["init_args.save_dir"] = str(root)
 
 
-def continue_wandb_run(section: Namespace, run_id: str, resume: bool) -> None:
-    """Log to the W&B run that wrote the checkpoint: ``fit`` continues it, ``validate``/``test`` add to it."""
+def continue_wandb_run(section: Namespace, run_id: str, resume: bool, job_type: str | None = None) -> None:
+    """Log to the W&B run that wrote the checkpoint: ``fit`` continues it; ``validate``/``test`` log to a run of
+    their own in its group, linked to it (see ``AutoWandbLogger``'s ``evaluates_run``)."""
     for logger in logger_configs(section):
         if not is_wandb_logger_config(logger):
             continue
         if logger.get("init_args.id") or logger.get("init_args.version"):
             return
-        logger["init_args.id"] = run_id
-        if resume:
+        if not resume:
+            logger["init_args.id"] = run_id
+        elif accepts_evaluates_run(logger):
+            logger["init_args.evaluates_run"] = run_id
+            logger["init_args.job_type"] = logger.get("init_args.job_type") or job_type
+        else:  # Lightning's own WandbLogger
+            logger["init_args.id"] = run_id
             logger["init_args.resume"] = "allow"

@@ -17,7 +17,7 @@ from typing import Any
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mnist_lightning import tuning
+from mnist_lightning import interrupts, tuning
 from mnist_lightning.callbacks import interrupted_by
 from mnist_lightning.cli import commands
 from mnist_lightning.cli.lightning_cli import MNISTLightningCLI
@@ -68,20 +68,29 @@ def main(args: list[str] | None = None) -> None:
     """Console entry point; user errors end with one line on stderr and exit code 1 (traceback with DEBUG)."""
     argv = sys.argv[1:] if args is None else args
     command = COMMANDS.get(argv[0]) if argv else None
+    by_lightning = command is None or command.by_lightning
+    if by_lightning:
+        interrupts.listen()  # Ctrl+C and SIGTERM at any moment: see mnist_lightning.interrupts
+    else:
+        interrupts.end_startup_guard()
     try:
         if command is not None and not command.by_lightning:
             options = argparse_parser().parse_args(argv)
             COMMANDS[options.command].run(options)
         else:
             MNISTLightningCLI(args=args, epilog=help_epilog())
-    except SIGTERMException:
-        sys.exit(128 + signal.SIGTERM)  # the checkpoint callback has said where the state was saved
-    except KeyboardInterrupt:
-        sys.exit(128 + signal.SIGINT)
+    except (SIGTERMException, KeyboardInterrupt) as stop:
+        signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
+        if by_lightning:  # one line, unless the checkpoint callback has said where the state was saved
+            interrupts.exit_interrupted(signum)
+        sys.exit(128 + signum)
     except SystemExit as exit_:
         # Lightning ends a run stopped by Ctrl+C with exit code 1; the shell convention is 128 + SIGINT
-        if interrupted_by() == signal.SIGINT and exit_.code not in (0, None):
-            sys.exit(128 + signal.SIGINT)
+        stopped_by = interrupts.received() or (signal.SIGINT if interrupted_by() == signal.SIGINT else None)
+        if stopped_by is not None and exit_.code not in (0, None):
+            if by_lightning:
+                interrupts.exit_interrupted(stopped_by)
+            sys.exit(128 + stopped_by)
         raise
     except Exception as err:
         cause = user_error(err)
@@ -89,3 +98,5 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(error_line(summarize_parse_error(str(cause))), file=sys.stderr)
         sys.exit(1)
+    finally:
+        interrupts.command_finished()

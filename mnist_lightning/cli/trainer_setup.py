@@ -2,8 +2,8 @@
 
 Callbacks that are command-line sections of their own (``--checkpoint.*``, ``--predictions.*``, ``--media.*``,
 ``--loss_guard.*``); a progress bar that redraws less often, the learning-rate monitor for a schedule, W&B weight
-histograms, and atomic checkpoint writes, each unless the user configured one; no logger where its run would stay
-empty; and no prediction writer outside ``predict``.
+histograms, a model summary with real FLOPs, and atomic checkpoint writes, each unless the user configured one; no
+logger where its run would stay empty; and no prediction writer outside ``predict``.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelSummary, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser
 
 from mnist_lightning.callbacks import (
     AtomicCheckpointIO,
     FiniteLossGuard,
     MediaLogger,
+    ModelSummaryWithFlops,
     PredictionWriter,
     ResumableCheckpoint,
 )
@@ -51,6 +52,8 @@ def trainer_additions(
         "callbacks": added_callbacks(trainer_config, model, subcommand),
         "plugins": as_list(trainer_config.get("plugins")),
     }
+    if any(isinstance(c, ModelSummaryWithFlops) for c in additions["callbacks"]):
+        additions["enable_model_summary"] = False  # Lightning's default summary is replaced: no line about skipping it
     if not any(isinstance(p, AtomicCheckpointIO) for p in additions["plugins"]):
         additions["plugins"].append(AtomicCheckpointIO())
     if subcommand == "predict":
@@ -68,6 +71,11 @@ def added_callbacks(trainer_config: dict[str, Any], model: LightningModule, subc
         isinstance(c, ProgressBar) for c in callbacks
     ):
         callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS))
+    # Lightning's summary prints FLOPs only for a model with an example input, else "0 Total Flops"
+    if trainer_config.get("enable_model_summary") is not False and not any(
+        isinstance(c, ModelSummary) for c in callbacks
+    ):
+        callbacks.append(ModelSummaryWithFlops())
     scheduled = model.hparams.get("scheduler", "none") != "none"
     monitored = any(isinstance(c, LearningRateMonitor) for c in callbacks)
     if scheduled and trainer_config.get("logger") and not monitored:
