@@ -91,9 +91,7 @@ def parse_with_checkpoint(parser: LightningArgumentParser, args: Any, subcommand
     if ckpt_path != section.get("ckpt_path"):
         section.ckpt_path = ckpt_path
     if parsed.checkpoint is not None and parsed.checkpoint.wandb_run_id:
-        continue_wandb_run(
-            section, parsed.checkpoint.wandb_run_id, resume=subcommand != "fit", job_type=subcommand
-        )
+        continue_wandb_run(section, parsed.checkpoint.wandb_run_id, resume=subcommand != "fit", job_type=subcommand)
     parsed.config = config
     return parsed
 
