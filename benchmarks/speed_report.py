@@ -86,6 +86,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`"
         + (" (tiny mode: a few batches, not a measurement)" if report["tiny"] else ""),
         "",
+        settings_sentence(report),
+        "",
         "`fit`: the Trainer the CLI builds from the preset (progress bar and checkpointing as configured, logger off),"
         " timing the training batches of each epoch (validation excluded). `plain`: a hand-written loop over the"
         " same tensors with the same model, initial weights, batch size and optimizer. `bare Lightning`: the same"
@@ -118,6 +120,25 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def settings_sentence(report: dict[str, Any]) -> str:
+    """The CPU settings every network of the run used (each the preset's unless the command set it)."""
+    settings = report.get("settings", {})
+    named = {
+        "channels_last": "channels-last",
+        "compile": "torch.compile",
+        "precision": "precision",
+        "threads": "torch threads",
+        "eval_batch": "evaluation batch",
+    }
+    chosen = [f"{label} {settings[key]}" for key, label in named.items() if settings.get(key) not in (None, False)]
+    return (
+        "Settings for fit, bare Lightning and plain alike: "
+        + (", ".join(chosen) if chosen else "each preset's own")
+        + ". A preset that augments its training batches (`data.augment`) has the plain loop apply the same"
+        " augmentation function to its batches."
+    )
+
+
 def speedrun_paragraph(report: dict[str, Any]) -> str:
     """The speedrun's mean time and accuracy over its seeds, and (from a real run) whether it reaches 99.0%."""
     sr = report["speedrun"]
@@ -140,6 +161,8 @@ def speedrun_paragraph(report: dict[str, Any]) -> str:
 def loader_paragraph(report: dict[str, Any]) -> str:
     """The torchvision DataLoader's rate and (from a real run) how the MLP's ``fit`` epoch compares with it."""
     loader = report["torchvision_loader"]
+    if not loader:
+        return "**torchvision DataLoader**: not run (`--no-loader`)."
     text = (
         f"**torchvision DataLoader** (per-image ToTensor + Normalize, batch 64, no workers): "
         f"{loader['seconds']:.2f} s for {loader['images']:,} images, {loader['images_per_s']:,.0f} images/s"
