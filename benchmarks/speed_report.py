@@ -106,6 +106,8 @@ def markdown(report: dict[str, Any]) -> str:
         "| bare Lightning s/epoch | bare / plain | fit images/s | plain images/s |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if not report["models"]:  # a speedrun-only run (`--models ""`): no training or evaluation table
+        lines[-2:] = ["No model measured (`--models` named none)."]
     for r in report["models"]:
         if r["skipped"]:
             lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 10)
@@ -115,7 +117,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['fit_epoch_s']:.2f} | {r['plain_epoch_s']:.2f} | {r['ratio']:.2f} | {r['bare_epoch_s']:.2f} "
             f"| {r['bare_ratio']:.2f} | {r['fit_images_per_s']:,.0f} | {r['plain_images_per_s']:,.0f} |"
         )
-    lines += evaluation_table(report)
+    lines += evaluation_table(report) if report["models"] else []
     lines += ["", speedrun_paragraph(report), "", loader_paragraph(report), ""]
     return "\n".join(lines)
 
