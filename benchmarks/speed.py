@@ -32,7 +32,7 @@ from unittest import mock
 
 import lightning as L
 import torch
-from speed_reference import PlainEpochAfterEach, PlainLoop, autocast, bare_training, plain_inference
+from speed_reference import PlainEpochAfterEach, PlainLoop, autocast, bare_training, plain_inference, training_input
 from speed_report import environment, markdown
 from torch import nn
 
@@ -45,7 +45,14 @@ HERE = Path(__file__).resolve().parent
 
 
 # (name, preset file in configs/)
-MODELS: list[tuple[str, str]] = [("mlp_128_64", "mlp_128_64.yaml"), ("convnet", "convnet.yaml"), ("vit", "vit.yaml")]
+MODELS: list[tuple[str, str]] = [
+    ("mlp_128_64", "mlp_128_64.yaml"),
+    ("convnet", "convnet.yaml"),
+    ("vit", "vit.yaml"),
+    ("small_cnn", "small_cnn.yaml"),
+    ("cnn_strong", "cnn_strong.yaml"),
+    ("vit_strong", "vit_strong.yaml"),
+]
 
 
 @dataclass
@@ -130,6 +137,9 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
     # --precision and --compile apply to fit, bare Lightning and the plain loop alike
     args += [f"--trainer.precision={opts.precision}"] if getattr(opts, "precision", None) else []
     args += ["--model.init_args.compile=true"] if getattr(opts, "compile", False) else []
+    channels_last = getattr(opts, "channels_last", None)
+    args += [f"--model.init_args.channels_last={channels_last}"] if channels_last is not None else []
+    args += [f"--data.eval_batch_size={opts.eval_batch}"] if getattr(opts, "eval_batch", None) else []
     limits = [f"--trainer.limit_train_batches={opts.train_batches}"] if opts.train_batches else []
     limits += ["--trainer.limit_val_batches=2", "--trainer.limit_test_batches=3"] if opts.tiny else []
     with tempfile.TemporaryDirectory() as workdir:
@@ -147,7 +157,17 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         num_batches = min(all_batches, opts.train_batches or all_batches)
         images, labels = (t[: num_batches * dm.batch_size].to(device) for t in dm.splits["train"])
         precision = str(trainer.precision)
-        plain = PlainLoop(plain_model.net, plain_model.build_optimizer(), images, labels, dm.batch_size, precision)
+        in_channels_last = bool(model.hparams.get("channels_last"))
+        plain = PlainLoop(
+            plain_model.net,
+            plain_model.build_optimizer(),
+            images,
+            labels,
+            dm.batch_size,
+            precision,
+            prepare=training_input(dm),
+            channels_last=in_channels_last,
+        )
 
         # a plain epoch after each fit epoch and after each bare-Lightning epoch; each is compared with its own
         timer, eval_timer = TrainTimer(), EvalTimer()
@@ -156,7 +176,7 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
         trainer.fit(model, datamodule=dm)
         bare_epoch_seconds = bare_training(bare_source, dm, trainer, plain_beside_bare)
         bare_s = steady_epoch(bare_epoch_seconds)
-        rates = bench_evaluation(trainer, model, dm, plain_model.net, eval_timer, opts)
+        rates = bench_evaluation(trainer, model, dm, plain_model.net, eval_timer, opts, in_channels_last)
 
     fit_s, plain_s = steady_epoch(timer.epoch_seconds), steady_epoch(plain_beside_fit.epoch_seconds)
     result = ModelResult(
@@ -202,6 +222,7 @@ def bench_evaluation(
     plain_net: nn.Module,
     eval_timer: EvalTimer,
     opts: argparse.Namespace,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """Images per second of ``trainer.test`` and of a plain no-grad loop over the test images, at the data module's
     evaluation batch and at the training batch; each the best of ``opts.eval_repeats`` runs, the batch sizes
@@ -217,7 +238,7 @@ def bench_evaluation(
                 measured[f"test{key}"].append(eval_timer.rates[-1])
                 images = test_images[: 3 * batch] if opts.tiny else test_images  # tiny: 3 batches, as the test loop
                 with autocast(images.device, str(trainer.precision)):  # as the Trainer under bf16-mixed
-                    measured[f"plain{key}"].append(plain_inference(plain_net, images, batch))
+                    measured[f"plain{key}"].append(plain_inference(plain_net, images, batch, channels_last))
     finally:
         dm.eval_batch_size = eval_batch
     return {key: max(rates) for key, rates in measured.items()}
@@ -284,7 +305,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-batches", type=int, default=0, help="limit the training batches per epoch (0: all)")
     parser.add_argument("--seeds", type=int, default=5, help="speedrun seeds")
     parser.add_argument("--first-seed", type=int, default=0, help="the first speedrun seed")
-    parser.add_argument("--models", default="mlp_128_64,convnet,vit", help="comma-separated subset of the models")
+    parser.add_argument(
+        "--models",
+        default="mlp_128_64,convnet,vit",
+        help=f"comma-separated subset of the models: {', '.join(name for name, _ in MODELS)}",
+    )
     parser.add_argument(
         "--precision",
         choices=["32-true", "bf16-mixed"],
@@ -292,7 +317,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="precision of every model (default: the preset's); the plain loop uses the same autocast",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every network (fit, bare and plain)")
+    parser.add_argument(
+        "--channels-last",
+        choices=["true", "false"],
+        default=None,
+        help="channels-last weights and batches for every network (default: the preset's); plain follows",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    parser.add_argument(
+        "--eval-batch", type=int, default=None, help="evaluation batch of the data module (default: the preset's)"
+    )
     parser.add_argument("--note", default="", help="a sentence for speed.md about the machine (e.g. what else ran)")
+    parser.add_argument("--no-loader", action="store_true", help="skip the torchvision DataLoader comparison")
     parser.add_argument(
         "--eval-repeats", type=int, default=2, help="test passes per evaluation batch size; the fastest is reported"
     )
@@ -308,18 +344,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if opts.out is None:  # a tiny run measures nothing: its tables never replace the committed ones unless asked
         opts.out = Path(tempfile.mkdtemp(prefix="mnist-speed-tiny-")) if opts.tiny else HERE
     command = "python benchmarks/speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
 
     load_before = os.getloadavg()[0]
     wanted = set(opts.models.split(","))
     models = [bench_model(name, preset, opts) for name, preset in MODELS if name in wanted]
     speedrun = bench_speedrun(opts)
-    loader = bench_torchvision_loader(opts)
+    loader = {} if opts.no_loader else bench_torchvision_loader(opts)
     report = {
         "command": command.strip(),
         "tiny": opts.tiny,
         "train_batches": opts.train_batches,
         "eval_repeats": opts.eval_repeats,
         "note": opts.note,
+        "settings": {
+            "channels_last": opts.channels_last,
+            "compile": opts.compile,
+            "precision": opts.precision,
+            "threads": torch.get_num_threads() if opts.threads else None,
+            "eval_batch": opts.eval_batch,
+        },
         "environment": environment(),
         "load_before": load_before,
         "load_after": os.getloadavg()[0],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from mnist_lightning.callbacks import TrainTimer, synchronize
 from mnist_lightning.data import MEAN, STD, MNISTDataModule
+from mnist_lightning.data.transforms import augment_uint8
 from mnist_lightning.models.base import MNISTClassifier
 
 
@@ -69,6 +71,15 @@ def plain_normalize(images: Tensor) -> Tensor:
     return (images.unsqueeze(1).float() / 255 - MEAN) / STD
 
 
+def training_input(dm: MNISTDataModule) -> Callable[[Tensor], Tensor]:
+    """What the plain loop makes of a uint8 training batch: the data module's augmentation when it augments (the
+    same random transform ``fit`` pays for: the same data), else plain normalization."""
+    if not dm.augment:
+        return plain_normalize
+    settings = (dm.rotation, dm.translate, dm.scale, dm.elastic_alpha, dm.elastic_sigma)
+    return lambda images: augment_uint8(images.unsqueeze(1), *settings)
+
+
 class PlainLoop:
     """The floor: shuffle, slice, normalize, forward, cross-entropy, backward, step, over tensors on the device."""
 
@@ -80,10 +91,14 @@ class PlainLoop:
         labels: Tensor,
         batch_size: int,
         precision: str = "32-true",
+        prepare: Callable[[Tensor], Tensor] = plain_normalize,
+        channels_last: bool = False,
     ) -> None:
         self.net, self.optimizer = net, optimizer
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.precision = precision  # the Trainer's: the plain loop follows bf16-mixed with the same autocast
+        self.prepare = prepare  # uint8 batch -> model input (normalized, augmented when fit augments)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epochs_done = 0  # seeds each epoch's shuffle
 
     @torch.enable_grad()
@@ -98,7 +113,8 @@ class PlainLoop:
         for first in range(0, len(labels), self.batch_size):
             index = order[first : first + self.batch_size]
             with autocast(device, self.precision):
-                loss = F.cross_entropy(self.net(plain_normalize(images[index])), labels[index])
+                inputs = self.prepare(images[index]).contiguous(memory_format=self.memory_format)
+                loss = F.cross_entropy(self.net(inputs), labels[index])
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -130,12 +146,13 @@ class PlainEpochAfterEach(L.Callback):
 
 
 @torch.no_grad()
-def plain_inference(net: nn.Module, images: Tensor, batch_size: int) -> float:
+def plain_inference(net: nn.Module, images: Tensor, batch_size: int, channels_last: bool = False) -> float:
     """Images per second of a no-grad evaluation pass."""
     net.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     synchronize(images.device)
     start = time.perf_counter()
     for first in range(0, len(images), batch_size):
-        net(plain_normalize(images[first : first + batch_size])).argmax(dim=1)
+        net(plain_normalize(images[first : first + batch_size]).contiguous(memory_format=memory_format)).argmax(dim=1)
     synchronize(images.device)
     return len(images) / (time.perf_counter() - start)

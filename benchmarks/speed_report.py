@@ -86,6 +86,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`"
         + (" (tiny mode: a few batches, not a measurement)" if report["tiny"] else ""),
         "",
+        settings_sentence(report),
+        "",
         "`fit`: the Trainer the CLI builds from the preset (progress bar and checkpointing as configured, logger off),"
         " timing the training batches of each epoch (validation excluded). `plain`: a hand-written loop over the"
         " same tensors with the same model, initial weights, batch size and optimizer. `bare Lightning`: the same"
@@ -104,6 +106,8 @@ def markdown(report: dict[str, Any]) -> str:
         "| bare Lightning s/epoch | bare / plain | fit images/s | plain images/s |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if not report["models"]:  # a speedrun-only run (`--models ""`): no training or evaluation table
+        lines[-2:] = ["No model measured (`--models` named none)."]
     for r in report["models"]:
         if r["skipped"]:
             lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 10)
@@ -113,9 +117,28 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['fit_epoch_s']:.2f} | {r['plain_epoch_s']:.2f} | {r['ratio']:.2f} | {r['bare_epoch_s']:.2f} "
             f"| {r['bare_ratio']:.2f} | {r['fit_images_per_s']:,.0f} | {r['plain_images_per_s']:,.0f} |"
         )
-    lines += evaluation_table(report)
+    lines += evaluation_table(report) if report["models"] else []
     lines += ["", speedrun_paragraph(report), "", loader_paragraph(report), ""]
     return "\n".join(lines)
+
+
+def settings_sentence(report: dict[str, Any]) -> str:
+    """The CPU settings every network of the run used (each the preset's unless the command set it)."""
+    settings = report.get("settings", {})
+    named = {
+        "channels_last": "channels-last",
+        "compile": "torch.compile",
+        "precision": "precision",
+        "threads": "torch threads",
+        "eval_batch": "evaluation batch",
+    }
+    chosen = [f"{label} {settings[key]}" for key, label in named.items() if settings.get(key) not in (None, False)]
+    return (
+        "Settings for fit, bare Lightning and plain alike: "
+        + (", ".join(chosen) if chosen else "each preset's own")
+        + ". A preset that augments its training batches (`data.augment`) has the plain loop apply the same"
+        " augmentation function to its batches."
+    )
 
 
 def speedrun_paragraph(report: dict[str, Any]) -> str:
@@ -140,6 +163,8 @@ def speedrun_paragraph(report: dict[str, Any]) -> str:
 def loader_paragraph(report: dict[str, Any]) -> str:
     """The torchvision DataLoader's rate and (from a real run) how the MLP's ``fit`` epoch compares with it."""
     loader = report["torchvision_loader"]
+    if not loader:
+        return "**torchvision DataLoader**: not run (`--no-loader`)."
     text = (
         f"**torchvision DataLoader** (per-image ToTensor + Normalize, batch 64, no workers): "
         f"{loader['seconds']:.2f} s for {loader['images']:,} images, {loader['images_per_s']:,.0f} images/s"

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from mnist_lightning.models import schedules
 from mnist_lightning.models.averaging import WeightAverage, check_decay
 from mnist_lightning.models.metrics import SampleMean, TrainingSums
+from mnist_lightning.threads import share_threads
 
 NUM_CLASSES = 10
 
@@ -123,6 +124,14 @@ class MNISTClassifier(L.LightningModule):
         if self.hparams.get("compile") and not self._compiled:
             self.net.compile()
             self._compiled = True
+
+    def setup(self, stage: str) -> None:
+        # several processes on this machine (DDP ranks): each gets its share of the cores as torch threads (a
+        # user's OMP_NUM_THREADS wins), or they take every core each and spin waiting on each other. Lightning 2.6's
+        # DDP launcher does the same in every rank (its private _set_num_threads_if_needed, also for ranks torchrun
+        # or SLURM started); this keeps it so whatever launcher runs (tests/test_cpu_threads.py)
+        if self.trainer.num_devices > 1 and self.trainer.world_size > 1:
+            share_threads(self.trainer.num_devices)
 
     def on_train_start(self) -> None:
         restored, self._restored = self._restored, {}
