@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -87,13 +88,10 @@ def run_env(package_root: str | None = None) -> dict[str, str]:
     return env | {"PYTHONPATH": package_root} if package_root else env
 
 
-def median_seconds(command: list[str], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, env=run_env())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def seconds_of(command: list[str], package_root: str | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env=run_env(package_root))
+    return time.perf_counter() - start
 
 
 def whole_fit(root: Path, package_root: str | None = None) -> tuple[float, float]:
@@ -191,21 +189,34 @@ def milestones_callback() -> type:
 
 
 # ------------------------------------------------------------------------------------------------------- tables
+def shown(args: list[str]) -> str:
+    """A command line as a user types it in the repository (quoted where needed, paths relative)."""
+    return " ".join(shlex.quote(arg.replace(f"{REPO}/", "")) for arg in args)
+
+
 def machine_line(repeats: int) -> str:
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"median of {repeats} runs, {when}, {os.cpu_count()} CPUs, load average {load}"
 
 
-def import_table(repeats: int) -> None:
+def import_table(repeats: int, trees: dict[str, str | None]) -> None:
     subprocess.run(COMMANDS["mnist-lightning --help"], capture_output=True)  # warm the OS file cache
-    seconds = {name: median_seconds(command, repeats) for name, command in COMMANDS.items()}
-    base = seconds["import lightning.pytorch"]
+    runs = {
+        name: interleaved(lambda tree, c=command: seconds_of(c, tree), trees, repeats)
+        for name, command in COMMANDS.items()
+    }
+    seconds = {
+        name: {label: statistics.median(values) for label, values in by_tree.items()} for name, by_tree in runs.items()
+    }
     print(f"Start-up, {machine_line(repeats)}\n")
-    print("| command | seconds | above `import lightning.pytorch` |")
-    print("|---|---:|---:|")
-    for name, value in seconds.items():
-        print(f"| `{name}` | {value:.2f} | {value - base:+.2f} |")
+    print(f"| command | {' | '.join(f'{label} s | {label}: above `import lightning.pytorch`' for label in trees)} |")
+    print(f"|---|{'---:|---:|' * len(trees)}")
+    for name, by_tree in seconds.items():
+        cells = []
+        for label, value in by_tree.items():
+            cells += [f"{value:.2f}", f"{value - seconds['import lightning.pytorch'][label]:+.2f}"]
+        print(f"| `{name}` | {' | '.join(cells)} |")
     print()
 
 
@@ -223,7 +234,7 @@ def interleaved(measure: Callable[[str | None], Any], trees: dict[str, str | Non
 def whole_table(repeats: int, root: Path, trees: dict[str, str | None]) -> None:
     runs = interleaved(lambda tree: whole_fit(root, tree), trees, repeats)
     print(f"The whole `fit` command, {machine_line(repeats)}\n")
-    print(f"`mnist-lightning {' '.join(FIT_ARGS)} {TRAIN_TIMER}`\n")
+    print(f"`mnist-lightning {shown(FIT_ARGS)} {TRAIN_TIMER}`\n")
     print("| package | start to exit s | epochs s (TrainTimer) | outside the epochs s |")
     print("|---|---:|---:|---:|")
     for label, measured in runs.items():
@@ -274,7 +285,7 @@ def main() -> None:
         trees = {"before": str(Path(options.before).resolve()), "after": str(REPO)}
     with tempfile.TemporaryDirectory() as root:
         if options.imports or not (options.whole or options.phases):
-            import_table(options.repeats)
+            import_table(options.repeats, trees)
         if options.whole:
             whole_table(options.repeats, Path(root), trees)
         if options.phases:
