@@ -8,6 +8,8 @@ argparse parser are built from it. Every user error ends as one line on stderr w
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import os
 import signal
 import sys
@@ -46,6 +48,19 @@ COMMANDS: dict[str, Command] = {
     "report": Command(commands.add_report_parser, commands.run_report, "metrics, calibration, shifts"),
 }
 ARGPARSE_COMMANDS = [name for name, command in COMMANDS.items() if not command.by_lightning]
+
+
+def skip_teardown_collection() -> None:
+    """At exit: collect the run's garbage once, then freeze every object so that the interpreter's own teardown
+    collections skip them. Measured on the 2-core VM: after a short ``fit`` those collections took 2.8-3.7 s of
+    tearing down torch, Lightning and their imports (472,000 objects), against 0.7 s for this collection; the
+    process's memory goes back to the OS either way. Registered at import, so it runs after the ``atexit``
+    handlers registered later (wandb's)."""
+    gc.collect()
+    gc.freeze()
+
+
+atexit.register(skip_teardown_collection)
 
 
 def argparse_parser() -> argparse.ArgumentParser:
