@@ -63,6 +63,8 @@ def log_to_wandb(report: ModelReport, files: Sequence[Path]) -> None:
     training_id = report.info.wandb_run_id
     root, project = wandb_root(report.info)
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    if mode == "disabled":  # W&B switched off: no run, and no sync line to print
+        return
     os.environ.setdefault("WANDB_SILENT", "true")
     ensure_writable_folder(root / "wandb", "the W&B folder")
     group = training_group(root, project, training_id)
