@@ -34,7 +34,7 @@ from mnist_lightning.runs import new_run_id, run_directory
 WANDB_STEP_KEY = "wandb_step"
 # beside wandb's files of a run's folder: the next history step when the process ended
 NEXT_STEP_FILE = "mnist-lightning-next-step"
-# the W&B config key of an evaluation run (validate, test) that names the training run it evaluated
+# the W&B config key of an evaluation run (validate, test, report) that names the training run it evaluated
 TRAINING_RUN_KEY = "training_run_id"
 
 

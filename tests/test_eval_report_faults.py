@@ -161,11 +161,13 @@ def test_the_wandb_hint_names_the_run_and_its_sync_command_survives_spaces(
     result = run_cli("report", "--ckpt_path", str(trained["best"]), *QUICK_REPORT)
     (hint,) = [line for line in result.stderr.splitlines() if "wandb sync" in line]
     run_id = trained["best"].parents[1].name
-    assert f"project mnist-lightning, run id {run_id}" in hint and "entity " in hint
+    # the report's own run, and the training run it belongs to
+    assert "project mnist-lightning, run id " in hint and "entity " in hint and f"training run {run_id}" in hint
     command = shlex.split(hint.split("upload it with: ", 1)[1])
-    assert command[:2] == ["wandb", "sync"] and len(command) == 3
-    synced = Path(command[2])
-    assert " " in str(synced) and synced.is_dir() and synced.name.endswith(run_id)
+    assert command[:2] == ["wandb", "sync"] and len(command) == 4
+    training, report = map(Path, command[2:])
+    assert all(" " in str(synced) and synced.is_dir() for synced in (training, report))
+    assert training.name.endswith(run_id) and f"run id {report.name.rsplit('-', 1)[1]}" in hint
     assert (folder / "runs" / "mnist-lightning" / run_id / "report" / "report.md").is_file()
 
 

@@ -1,5 +1,5 @@
 """``mnist-lightning report`` on the real MNIST: its numbers against torchmetrics, shifts that move accuracy the way
-they must, temperature scaling, the files it writes, its one-line errors, and the W&B run it adds to."""
+they must, temperature scaling, the files it writes, its one-line errors, and the W&B run it logs into."""
 
 from __future__ import annotations
 
@@ -143,10 +143,11 @@ def test_one_checkpoint_writes_the_report_in_its_run_folder_and_its_wandb_run(tr
     for png in folder.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    parts = offline_parts(trained["folder"], run_id)
-    assert len(parts) == 2  # the report went on in the training run, not into a new one
-    logged = read_run(parts[-1])
-    assert logged.run_id == run_id
+    # the report is a W&B run of its own, linked to the training run, which it leaves as it was
+    assert len(offline_parts(trained["folder"], run_id)) == 1
+    (part,) = [p for p in (trained["folder"] / "runs" / "wandb").glob("offline-run-*") if not p.name.endswith(run_id)]
+    logged = read_run(part)
+    assert logged.run_id != run_id and logged.config["training_run_id"] == run_id and logged.group == run_id
     assert logged.summary["report/test_acc"] == pytest.approx(data["models"][0]["test_accuracy"])
     assert logged.summary["report/temperature"] == pytest.approx(data["temperature"])
     assert logged.metric("report/ece") == [pytest.approx(data["models"][0]["calibration"]["ece"])]

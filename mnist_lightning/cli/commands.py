@@ -153,16 +153,14 @@ REPORT_SETTINGS = (
 def add_report_parser(commands: Any) -> argparse.ArgumentParser:
     about = (
         "a report on one or several checkpoints: per-class metrics, confusion matrix, confident mistakes, "
-        "calibration and temperature, accuracy under shifts (Markdown, PNG, JSON; also logged to the training W&B run)"
+        "calibration and temperature, accuracy under shifts (Markdown, PNG, JSON; also a W&B run)"
     )
     parser = add_command(commands, "report", about)
     add_checkpoint_arguments(parser, several=True)
     parser.add_argument(
         "--output", default=None, help="folder (default: <run dir>/report for one, runs/reports/<date-time> for more)"
     )
-    parser.add_argument(
-        "--no-wandb", dest="use_wandb", action="store_false", help="do not log to the training W&B runs"
-    )
+    parser.add_argument("--no-wandb", dest="use_wandb", action="store_false", help="do not log the report to W&B")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: %(default)s)")
     parser.add_argument("--batch_size", type=positive_int, default=2000, help="(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: %(default)s)")

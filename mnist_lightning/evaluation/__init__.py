@@ -7,7 +7,7 @@
   temperature predict, serve, export and ensembles apply;
 - :mod:`.robustness`: accuracy on shifted test digits;
 - :mod:`.rendering`: the report's JSON and Markdown;
-- :mod:`.wandb_run`: the report added to the W&B run that trained a checkpoint;
+- :mod:`.wandb_run`: the report as a W&B run of its own, linked to the run that trained a checkpoint;
 - :mod:`.ensemble`: test-time augmentation and checkpoint ensembles.
 
 Nothing is imported here, so that ``mnist-lightning fit`` (which needs only the ensemble) does not load the rest.

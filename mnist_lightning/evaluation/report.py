@@ -277,7 +277,8 @@ def build_report(
         checkpoints: checkpoint files written by ``mnist-lightning fit`` (``last``: the newest ``last.ckpt``).
         output: folder to write; default: ``<run dir>/report`` for one checkpoint, ``runs/reports/<date-time>``
             for several.
-        use_wandb: also log the report to the W&B run that trained each checkpoint (offline when not logged in).
+        use_wandb: also log each checkpoint's report into a W&B run of its own, linked to the run that trained it
+            (offline when not logged in).
         device: ``auto`` (CUDA when there is one), ``cpu``, ``cuda``, ...; the shifts are made there too.
         batch_size: images per forward pass.
         seed: seed of the random parts of the shifts (the same seed gives the same shifted images).
@@ -347,6 +348,6 @@ def build_report(
     if use_wandb:
         for report in reports:
             if report.info is not None and report.info.wandb_run_id:
-                say(f"W&B: adding the report of {report.info.path.name} to run {report.info.wandb_run_id}")
+                say(f"W&B: logging the report of {report.info.path.name} (training run {report.info.wandb_run_id})")
                 log_to_wandb(report, files)
     return Report(folder, files, data, reports, figures)

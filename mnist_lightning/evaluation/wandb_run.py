@@ -1,9 +1,9 @@
-"""The report on W&B: its numbers, robustness table and figures added to the run that trained the checkpoint."""
+"""The report on W&B: its numbers, robustness table and figures logged into a run of its own (``job_type``
+``report``), grouped with and linked to the run that trained the checkpoint, which is never reopened."""
 
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +12,7 @@ from mnist_lightning.checkpoints import CheckpointInfo
 from mnist_lightning.data.transforms import SHIFTS
 from mnist_lightning.evaluation.results import ModelReport
 from mnist_lightning.outputs import ensure_writable_folder
-from mnist_lightning.runs import PROJECT_FOLDER
+from mnist_lightning.runs import PROJECT_FOLDER, new_run_id
 
 
 def wandb_root(info: CheckpointInfo) -> tuple[Path, str]:
@@ -45,18 +45,34 @@ def report_scalars(report: ModelReport) -> dict[str, float]:
 
 
 def log_to_wandb(report: ModelReport, files: Sequence[Path]) -> None:
-    """Add the report's numbers, table and figures (the PNGs among ``files``: the shared ones and this model's) to
-    the W&B run that trained the checkpoint, offline when not logged in."""
+    """Log the report's numbers, table and figures (the PNGs among ``files``: the shared ones and this model's) into
+    a W&B run of its own, offline when not logged in: a new run id, ``job_type`` ``report``, the training run's
+    group and ``training_run_id`` in its config. The training run is never reopened: offline, a second folder with
+    its id would replace its history when synced (wandb issues #3841, #5865), so its files stay as ``fit`` left them."""
     import wandb
 
-    from mnist_lightning.tracking import wandb_logged_in
+    from mnist_lightning.tracking import (
+        TRAINING_RUN_KEY,
+        offline_folders,
+        sync_command,
+        training_group,
+        wandb_logged_in,
+    )
 
     assert report.info is not None and report.info.wandb_run_id
+    training_id = report.info.wandb_run_id
     root, project = wandb_root(report.info)
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    if mode == "disabled":  # W&B switched off: no run, and no sync line to print
+        return
     os.environ.setdefault("WANDB_SILENT", "true")
     ensure_writable_folder(root / "wandb", "the W&B folder")
-    run = wandb.init(id=report.info.wandb_run_id, resume="allow", project=project, dir=str(root), mode=mode)
+    group = training_group(root, project, training_id)
+    # an id chosen here, never WANDB_RUN_ID (which a sweep agent sets to the run it trains)
+    run = wandb.init(
+        id=new_run_id(), project=project, dir=str(root), mode=mode, job_type="report", group=group,
+        config={TRAINING_RUN_KEY: training_id}, resume="never",
+    )  # fmt: skip
     scalars = report_scalars(report)
     rows = [
         [shift, level, accuracy]
@@ -72,17 +88,23 @@ def log_to_wandb(report: ModelReport, files: Sequence[Path]) -> None:
     }
     run.log({**scalars, **images, "report/robustness": wandb.Table(["shift", "level", "accuracy"], rows)})
     run.summary.update(scalars)
-    folder = Path(run.dir).parent.resolve()
+    folder = Path(run.dir).parent
     entity = run.entity or os.environ.get("WANDB_ENTITY") or "your default entity"
-    where = f"entity {entity}, project {run.project}, run id {run.id}"
+    where = (
+        f"entity {entity}, project {run.project}, run id {run.id}, job type report, "
+        f"of training run {training_id} in group {group}"
+    )
     url = run.url if mode == "online" else None
     run.finish()
     if mode != "online":
-        # quoted for the shell: a run folder under a path with spaces must still sync as printed
+        # the training run's folders first (wandb skips those already synced), then the report's: every folder
+        # quoted for the shell, so that a path with spaces syncs as printed
+        wandb_dir = folder.parent
+        parts = offline_folders(wandb_dir, training_id) + (offline_folders(wandb_dir, run.id) or [folder])
         print(
-            f"W&B: report added to the offline run ({where}) in {folder}; "
-            f"upload it with: wandb sync {shlex.quote(str(folder))}",
+            f"W&B: report logged into an offline run of its own ({where}) in {folder.resolve()}; "
+            f"upload it with: {sync_command(parts)}",
             file=sys.stderr,
         )
     else:
-        print(f"W&B: report added to the run ({where}): {url}", file=sys.stderr)
+        print(f"W&B: report logged into a run of its own ({where}): {url}", file=sys.stderr)
