@@ -87,10 +87,9 @@ def folder_advice(folder: Path, name: str = "it") -> str:
     if place != folder:
         name = f"its {place.name} folder" if name == "it" else str(place)
     if not files:
-        return (
-            f"{name} holds no .ckpt files: pass a .ckpt file from runs/<project>/<run id>/checkpoints, "
-            "or --ckpt_path last"
-        )
+        # beside a file that is not a checkpoint, "no .ckpt files" would be false: that file may be one by name
+        holds = "no other checkpoint" if name == "its folder" else "no .ckpt files"
+        return f"{name} holds {holds}: pass a .ckpt file from runs/<project>/<run id>/checkpoints, or --ckpt_path last"
     lasts = [p for p in files if LAST_NAME.fullmatch(p.name)]
     best = [p for p in files if p not in lasts]
     if not best:

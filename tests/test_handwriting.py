@@ -379,7 +379,7 @@ def documented_onnx_snippet() -> str:
         (["export", "--ckpt_path", "missing.ckpt"], "checkpoint missing.ckpt does not exist"),
         (["export", "--ckpt_path", "x.ckpt", "--format", "tflite"], "argument --format: invalid choice: 'tflite'"),
         (["serve"], "the following arguments are required: --ckpt_path"),
-        (["export", "--ckpt_path", "garbage.ckpt"], "checkpoint garbage.ckpt could not be read"),
+        (["export", "--ckpt_path", "garbage.ckpt"], "checkpoint garbage.ckpt is a text file"),
     ],
 )
 def test_serve_and_export_errors_are_one_line(
