@@ -12,6 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import CONFIGS, REPO, start_console_script
 from test_ddp import free_port
 
@@ -58,6 +59,8 @@ def test_ranks_lightning_starts_each_take_their_share_of_the_cores(isolated: Pat
     assert recorded_threads(isolated / "threads") == {"rank0": thread_share(2), "rank1": thread_share(2)}
 
 
+# slow: the same share as the ranks Lightning starts (the fast test above), for ranks a launcher such as SLURM started
+@pytest.mark.slow
 def test_ranks_another_launcher_starts_each_take_their_share_of_the_cores(isolated: Path) -> None:
     # as SLURM, mpirun or a script of the user's start ranks: every process is told its rank by the environment, and
     # Lightning's own launcher (which would give each its share) does not run

@@ -80,6 +80,8 @@ def test_workers_train_with_their_share_of_the_cores(flags: list[str], user_thre
     assert output.count("tune workers: best val/acc") == 1
 
 
+# slow: 20 s of two processes training; the fast suite keeps the workers' share and the flag that wins over it
+@pytest.mark.slow
 def test_sigterm_to_the_first_process_stops_the_workers_too() -> None:
     barrier = Path("barrier").resolve()
     barrier.mkdir()
