@@ -24,6 +24,7 @@ _FILTERS_BEFORE_IMPORTS = list(warnings.filters)
 import re  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import background  # noqa: E402
@@ -161,3 +162,23 @@ def metric(output: str, name: str) -> float:
     match = re.search(rf"{re.escape(name)}\s*[│┃|]?\s+([0-9.]+(?:e-?\d+)?)", output)
     assert match, f"{name} not in output:\n{output[-2000:]}"
     return float(match.group(1))
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """Mount a small tmpfs (read-only, or tiny for a full disk) where the test can; skip with the reason if not
+    (mounting needs root: CI's machine allows it)."""
+    mounts: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        target = tmp_path / name
+        target.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+        mounts.append(target)
+        return target
+
+    yield mount
+    for target in mounts:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)

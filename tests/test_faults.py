@@ -10,7 +10,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -37,25 +36,6 @@ def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> s
 
 def no_wandb_run_anywhere(root: Path) -> bool:
     return not [p for p in root.rglob("*run-*") if p.is_dir() and "wandb" in str(p)]
-
-
-@pytest.fixture
-def mounted(tmp_path: Path) -> Iterator[callable]:
-    """Mount a small tmpfs (read-only, or tiny for a full disk) where the test can; skip with the reason if not."""
-    mounts: list[Path] = []
-
-    def mount(name: str, options: str) -> Path:
-        target = tmp_path / name
-        target.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-        mounts.append(target)
-        return target
-
-    yield mount
-    for target in mounts:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
 # --- output places -------------------------------------------------------------------------------------------------

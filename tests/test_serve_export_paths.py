@@ -12,7 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,25 +28,6 @@ def checkpoint(isolated: Path) -> Path:
     copy = isolated / "mlp.ckpt"
     shutil.copyfile(FIXTURE, copy)
     return copy
-
-
-@pytest.fixture
-def mounted(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
-    """Mount a small tmpfs (read-only, or tiny for a full disk) where the test can; skip with the reason if not."""
-    mounts: list[Path] = []
-
-    def mount(name: str, options: str) -> Path:
-        target = tmp_path / name
-        target.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-        mounts.append(target)
-        return target
-
-    yield mount
-    for target in mounts:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
 def export(*args: str) -> subprocess.CompletedProcess[str]:
