@@ -13,6 +13,7 @@ environment, which torch itself reads at start-up.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 THREADS_ENV = "OMP_NUM_THREADS"
 
@@ -31,9 +32,10 @@ def thread_share(processes: int) -> int:
     return max(1, available_cores() // processes)
 
 
-def user_thread_setting() -> int | None:
-    """The thread count the user set through ``OMP_NUM_THREADS``, or None when unset or not a positive integer."""
-    value = os.environ.get(THREADS_ENV, "").strip()
+def user_thread_setting(env: Mapping[str, str] | None = None) -> int | None:
+    """The thread count the user set through ``OMP_NUM_THREADS`` in ``env`` (this process's environment by
+    default), or None when unset or not a positive integer."""
+    value = (os.environ if env is None else env).get(THREADS_ENV, "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
@@ -62,7 +64,6 @@ def child_environment(
     set in ``base`` (this process's environment by default), then the fair share.
     """
     env = dict(os.environ if base is None else base)
-    user = env.get(THREADS_ENV, "").strip()
-    threads = explicit or (int(user) if user.isdigit() and int(user) > 0 else None) or thread_share(processes)
+    threads = explicit or user_thread_setting(env) or thread_share(processes)
     env[THREADS_ENV] = str(threads)
     return env
