@@ -3,7 +3,9 @@ background when the session starts, one after another, so that they run while th
 process; the test that checks a job waits for its result (with a generous timeout: a busy machine is slow).
 
 Only the jobs of the tests selected are started (``start_for``, from ``pytest_collection_finish``); a job nobody
-started beforehand starts when its result is first asked for. Jobs still running when the session ends are stopped.
+started beforehand starts when its result is first asked for. Under pytest-xdist (``-n 2``, the README's command)
+nothing is started beforehand: every worker collects every test, and the other worker keeps the second core busy
+while a test waits for its job. Jobs still running when the session ends are stopped.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ import sys
 import warnings
 
 # One thread per process unless OMP_NUM_THREADS says otherwise, for the test process and every process it starts:
-# the suite shares 2 cores between the test process and a background job (background.py) or a command it starts,
-# and two threads per process there made training steps many times slower (measured on a busy 2-core machine, the
-# whole suite: the console-script end-to-end test 203 s instead of 47 s, LeNet-5's 200 steps 49 s instead of 4 s).
+# the suite shares 2 cores between its test processes (`-n 2`, pytest-xdist), a background job (background.py) and
+# the commands they start, and two threads per process there made training steps many times slower (measured on a
+# busy 2-core machine, the whole suite: the console-script end-to-end test 203 s instead of 47 s, LeNet-5's 200 steps
+# 49 s instead of 4 s).
 if "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:  # a plugin imported torch before this file: it has read the variable already
@@ -56,7 +57,9 @@ MNIST_DIR = _find_mnist()
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the background jobs (benchmark scripts, notebooks) of the selected tests: see background.py."""
-    if not session.config.option.collectonly:
+    # under pytest-xdist every worker collects every test: a job then starts when its test asks for it, in the worker
+    # that runs that test, instead of once per worker here
+    if not session.config.option.collectonly and "PYTEST_XDIST_WORKER" not in os.environ:
         background.start_for(((item.path.name, item.name) for item in session.items), MNIST_DIR)
 
 

@@ -199,20 +199,31 @@ def lock_is_held(run_dir: Path) -> bool:
 def test_a_run_being_continued_elsewhere_is_refused_and_a_killed_one_frees_it(isolated: Path) -> None:
     run_cli("fit", *LINEAR, *TINY)  # a finished W&B run (offline) to continue
     (run_dir,) = (isolated / "runs" / "mnist-lightning").iterdir()
+
+    def wandb_folders() -> list[Path]:
+        return list((isolated / "runs" / "wandb").glob(f"offline-run-*-{run_dir.name}"))
+
     longer = ("--trainer.max_epochs", "50", "--trainer.limit_train_batches", "50", "--ckpt_path", "last")
     first = start_fit(isolated, *longer)
     try:
         deadline = time.monotonic() + 600  # generous: a busy machine starts processes slowly
-        while not lock_is_held(run_dir) and time.monotonic() < deadline and first.poll() is None:
+        # wait for the lock and for the fit's own W&B folder: killed before W&B starts, it would leave none
+        while (
+            not (lock_is_held(run_dir) and len(wandb_folders()) == 2)
+            and time.monotonic() < deadline
+            and first.poll() is None
+        ):
             time.sleep(0.1)
-        assert lock_is_held(run_dir), "the first fit never took the run"
+        assert lock_is_held(run_dir) and len(wandb_folders()) == 2, "the first fit never took the run"
         line = one_error_line(run_cli("fit", *LINEAR, *TINY, "--ckpt_path", "last", check=False))
         assert str(run_dir.relative_to(isolated)) in line and "another process" in line
     finally:
         first.kill()  # SIGKILL: no clean-up at all
         first.communicate()
-    wandb_runs = list((isolated / "runs" / "wandb").glob(f"offline-run-*-{run_dir.name}"))
-    assert len(wandb_runs) == 2  # the first run and its continuation, none for the refused one
+    assert len(wandb_folders()) == 2  # the first run and its continuation, none for the refused one
+    # wandb names an offline folder by the second it starts: a continuation started within the killed one's second
+    # would write into the killed one's folder and leave this count at 2
+    time.sleep(1.1)
     # the lock did not stick: the run goes on, for a few epochs past wherever the killed fit had saved it
     more = str(torch.load(find_last(run_dir), weights_only=True)["epoch"] + 3)
     run_cli(
@@ -224,7 +235,7 @@ def test_a_run_being_continued_elsewhere_is_refused_and_a_killed_one_frees_it(is
     )
     done = re.search(r"has already trained (\d+) epochs, more than --trainer.max_epochs 2", line)
     assert done and 2 < int(done[1]) <= 51 and f"--trainer.max_epochs above {done[1]}" in line, line
-    assert len(list((isolated / "runs" / "wandb").glob(f"offline-run-*-{run_dir.name}"))) == 3
+    assert len(wandb_folders()) == 3
 
 
 # --- Ctrl+C ----------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ INSTALL = (
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && '
     "mnist-lightning fit --config configs/mlp_128_64.yaml"
 )
-TESTS = 'python -m pytest -m "not slow"'
+TESTS = 'python -m pytest -m "not slow" -n 2'
 
 
 def model_presets() -> list[str]:
