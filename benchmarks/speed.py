@@ -39,6 +39,7 @@ from torch import nn
 from mnist_lightning.callbacks import TrainTimer, synchronize
 from mnist_lightning.cli import MNISTLightningCLI, config_dir
 from mnist_lightning.data import MEAN, STD, MNISTDataModule
+from mnist_lightning.data.settings import resolve_eval_batch_size
 from mnist_lightning.models.base import MNISTClassifier
 
 HERE = Path(__file__).resolve().parent
@@ -199,7 +200,7 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
             "bare": bare_epoch_seconds,
             "plain_beside_bare": plain_beside_bare.epoch_seconds,
         },
-        eval_batch_size=dm.eval_batch_size,
+        eval_batch_size=large_eval_batch(dm, opts),
         fit_inference_images_per_s=rates["test"],
         plain_inference_images_per_s=rates["plain"],
         fit_inference_train_batch_images_per_s=rates["test_train_batch"],
@@ -207,12 +208,18 @@ def bench_model(name: str, preset: str, opts: argparse.Namespace) -> ModelResult
     )
     print(
         f"{name}: fit {fit_s:.2f} s/epoch, plain {plain_s:.2f} s/epoch, ratio {result.ratio:.2f} "
-        f"(bare Lightning {result.bare_ratio:.2f}); test {rates['test']:,.0f} images/s at batch {dm.eval_batch_size} "
+        f"(bare Lightning {result.bare_ratio:.2f}); test {rates['test']:,.0f} images/s "
+        f"at batch {result.eval_batch_size} "
         f"(plain {rates['plain']:,.0f}), {rates['test_train_batch']:,.0f} at batch {dm.batch_size} "
         f"(plain {rates['plain_train_batch']:,.0f})",
         flush=True,
     )
     return result
+
+
+def large_eval_batch(dm: MNISTDataModule, opts: argparse.Namespace) -> int:
+    """The evaluation batch compared with the training batch: ``--eval-batch``, else the large one of ``"auto"``."""
+    return getattr(opts, "eval_batch", None) or resolve_eval_batch_size(dm.batch_size, "auto", large_batches_pay=True)
 
 
 def bench_evaluation(
@@ -224,23 +231,24 @@ def bench_evaluation(
     opts: argparse.Namespace,
     channels_last: bool = False,
 ) -> dict[str, float]:
-    """Images per second of ``trainer.test`` and of a plain no-grad loop over the test images, at the data module's
-    evaluation batch and at the training batch; each the best of ``opts.eval_repeats`` runs, the batch sizes
-    alternating so that a machine that drifts meanwhile affects both alike."""
-    eval_batch = dm.eval_batch_size
+    """Images per second of ``trainer.test`` and of a plain no-grad loop over the test images, at the large
+    evaluation batch (``--eval-batch``, else max(batch_size, 1000): what ``"auto"`` picks wherever large batches pay)
+    and at the training batch; each the best of ``opts.eval_repeats`` runs, the batch sizes alternating so that a
+    machine that drifts meanwhile affects both alike."""
+    setting, eval_batch = dm.eval_batch_setting, large_eval_batch(dm, opts)
     test_images = dm.splits["test"][0].to(trainer.strategy.root_device)
     measured: dict[str, list[float]] = {"test": [], "test_train_batch": [], "plain": [], "plain_train_batch": []}
     try:
         for _ in range(opts.eval_repeats):
             for key, batch in (("", eval_batch), ("_train_batch", dm.batch_size)):
-                dm.eval_batch_size = batch
+                dm.eval_batch_setting = batch
                 trainer.test(model, datamodule=dm, verbose=False)
                 measured[f"test{key}"].append(eval_timer.rates[-1])
                 images = test_images[: 3 * batch] if opts.tiny else test_images  # tiny: 3 batches, as the test loop
                 with autocast(images.device, str(trainer.precision)):  # as the Trainer under bf16-mixed
                     measured[f"plain{key}"].append(plain_inference(plain_net, images, batch, channels_last))
     finally:
-        dm.eval_batch_size = eval_batch
+        dm.eval_batch_setting = setting
     return {key: max(rates) for key, rates in measured.items()}
 
 

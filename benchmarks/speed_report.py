@@ -50,7 +50,8 @@ def evaluation_table(report: dict[str, Any]) -> list[str]:
         "**Evaluation** (the 10,000 test images; `test`: `trainer.test` of the same Trainer after `fit`, timing the"
         " test loop; `plain`: a no-grad loop slicing, normalizing and running the network over the same tensors)."
         " Before, validation, test and predict used the training batch; `eval_batch_size` now defaults to"
-        f' `"auto"` = max(batch_size, {EVAL_BATCH_SIZE}).'
+        f' `"auto"` = max(batch_size, {EVAL_BATCH_SIZE}), except for convolutional and attention networks on the CPU,'
+        " which evaluate at their training batch there (measured faster: benchmarks/README.md)."
         + (
             f" Fastest of {report['eval_repeats']} passes each, the two batch sizes alternating."
             if report.get("eval_repeats", 1) > 1

@@ -25,6 +25,8 @@ from mnist_lightning.data import (
     split_indices,
 )
 from mnist_lightning.errors import ConfigError
+from mnist_lightning.evaluation.ensemble import EnsembleClassifier
+from mnist_lightning.models import CNNClassifier
 
 # the .gz files of a torchvision download (MNIST/raw/*-ubyte.gz), when this machine has them
 SHARED_GZ = REPO.parent / "shared" / "mnist-gz"
@@ -209,6 +211,50 @@ def test_evaluation_uses_a_larger_batch_by_default(datamodule: MNISTDataModule) 
         sizes = [len(labels) for _, labels in loader]
         assert sizes[0] == EVAL_BATCH_SIZE and sum(sizes) == len(loader.labels)
     assert len(next(iter(datamodule.train_dataloader()))[1]) == 256
+
+
+class EvaluationBatchSizes(L.Callback):
+    """The number of images in each validation and test batch."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+        self.sizes.append(len(batch[1]))
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+        self.sizes.append(len(batch[1]))
+
+
+@pytest.mark.parametrize(
+    ("network", "setting", "expected"),
+    [
+        ("mlp", "auto", EVAL_BATCH_SIZE),  # an MLP evaluates fastest in large batches on the CPU too
+        ("cnn", "auto", 64),  # a CNN on the CPU: its training batch (large batches leave the caches)
+        ("cnn", None, 64),  # an older checkpoint's setting means "auto"
+        ("cnn", 500, 500),  # a number is the user's and wins
+        ("ensemble of mlp and cnn", "auto", 64),  # large only if it pays for every member
+        ("ensemble of mlp", "auto", EVAL_BATCH_SIZE),
+    ],
+)
+def test_auto_evaluation_batch_on_the_cpu_follows_the_network(
+    mnist_dir: Path, network: str, setting: int | str | None, expected: int
+) -> None:
+    mlp, cnn = MLPClassifier(hidden_sizes=[16]), CNNClassifier(conv_blocks=[{"channels": 4, "kernel_size": 3}])
+    model = {"mlp": mlp, "cnn": cnn}.get(network) or EnsembleClassifier([mlp, cnn] if "cnn" in network else [mlp])
+    sizes = EvaluationBatchSizes()
+    trainer = L.Trainer(
+        accelerator="cpu", limit_val_batches=2, limit_test_batches=2, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[sizes],
+    )  # fmt: skip
+    dm = MNISTDataModule(data_dir=str(mnist_dir), batch_size=64, eval_batch_size=setting)
+    if not isinstance(model, EnsembleClassifier):  # an ensemble only tests and predicts
+        trainer.validate(model, datamodule=dm, verbose=False)
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert sizes.sizes == [expected] * len(sizes.sizes) and len(sizes.sizes) in (2, 4)
+    assert MNISTDataModule(batch_size=64, eval_batch_size=setting).eval_batch_size == (
+        500 if setting == 500 else EVAL_BATCH_SIZE
+    )  # without a trainer nothing says where it runs: the large batch
 
 
 def test_validation_results_do_not_depend_on_the_evaluation_batch(mnist_dir: Path) -> None:

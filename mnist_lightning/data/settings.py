@@ -48,10 +48,17 @@ def check_settings(settings: Mapping[str, Any]) -> None:
             raise ConfigError(f"data.{name} must be one of {choices}, got {value!r}")
 
 
-def resolve_eval_batch_size(batch_size: int, eval_batch_size: int | str | None) -> int:
-    """The evaluation batch: ``"auto"`` (or None) is ``max(batch_size, EVAL_BATCH_SIZE)``: evaluation keeps no
-    gradients, so a larger batch costs little memory and runs much faster."""
-    return max(batch_size, EVAL_BATCH_SIZE) if eval_batch_size in (None, "auto") else int(eval_batch_size)
+def resolve_eval_batch_size(batch_size: int, eval_batch_size: int | str | None, large_batches_pay: bool = True) -> int:
+    """The evaluation batch: a number is itself; ``"auto"`` (or None) is ``max(batch_size, EVAL_BATCH_SIZE)``, where
+    evaluation keeps no gradients, so a larger batch costs little memory and runs much faster, unless
+    ``large_batches_pay`` is false (a convolutional or attention network on the CPU): then the training batch.
+
+    On the quiet 2-core CPU (2026-12-06, ``benchmarks/speed.py``, three runs) batch 1,000 tested an MLP 3.9× as fast
+    as its training batch of 64, but ``small_cnn`` (64), ``cnn_strong`` (128) and ``vit_strong`` (128) only 0.5–0.9×
+    as fast: their activations at 1,000 images (100 MB a layer for 32 channels) no longer fit the CPU's caches."""
+    if eval_batch_size not in (None, "auto"):
+        return int(eval_batch_size)
+    return max(batch_size, EVAL_BATCH_SIZE) if large_batches_pay else batch_size
 
 
 def resolve_val_size(num_samples: int, val_size: int | float) -> int:

@@ -103,6 +103,8 @@ class EnsembleClassifier(L.LightningModule):
         self.test_loss = SampleMean()
         self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
         self.temperature = 1.0  # the members apply their own; this one (--predictions.temperature) comes on top
+        # data.eval_batch_size "auto" on the CPU: a large batch only when it pays for every member
+        self.large_eval_batches_on_cpu = all(member.large_eval_batches_on_cpu for member in members)
 
     @property
     def num_parameters(self) -> int:

@@ -52,6 +52,8 @@ class MLPClassifier(MNISTClassifier):
         **kwargs: optimizer and schedule settings of :class:`MNISTClassifier`.
     """
 
+    large_eval_batches_on_cpu = True  # batch 1,000 tested an MLP 3.9× as fast as batch 64 on the 2-core CPU
+
     def __init__(
         self,
         hidden_sizes: list[int] | None = None,
