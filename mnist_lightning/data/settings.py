@@ -15,7 +15,8 @@ from mnist_lightning.errors import ConfigError
 # gradients, so this batch costs little memory (a peak of 0.36 GB more than batch 64 for the convnet preset, on the
 # CPU). Through `trainer.test` on the project's busy 2-core CPU (best of 3 / of 1, images/s): MLP 3,065 at 64,
 # 11,575 at 500, 17,794 at 1000, 24,895 at 2000; convnet 125 at 32, 270 at 500, 287 at 1000, 301 at 2000. 1000 takes
-# most of the gain for both at half the memory of 2000. See benchmarks/speed.md.
+# most of the gain for both at half the memory of 2000. See benchmarks/speed.md. On the quiet machine the convnet was
+# the other way round (4,381 at 32, 2,370 at 1000): see resolve_eval_batch_size for the CPU rule that followed.
 EVAL_BATCH_SIZE = 1000
 MAX_SEED = 2**32 - 1
 CHOICES: dict[str, tuple[Any, ...]] = {
