@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from speed_report import environment
+from startup import TRAIN_TIMER, TRAINING_TOOK
 
 from mnist_lightning.threads import THREADS_ENV, available_cores, child_environment
 
@@ -36,8 +36,7 @@ HERE = Path(__file__).resolve().parent
 CLI = str(Path(sys.executable).with_name("mnist-lightning"))
 FIT = [CLI, "fit", "--model", "MLPClassifier", "--model.hidden_sizes", "[64,128,64]", "--data.batch_size", "128"]
 FIT += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
-FIT += ["--trainer.enable_model_summary", "false", "--trainer.callbacks+=mnist_lightning.callbacks.TrainTimer"]
-TRAINING_TOOK = re.compile(r"Training took ([0-9.]+) s")
+FIT += ["--trainer.enable_model_summary", "false", TRAIN_TIMER]
 
 
 def group_environment(processes: int, shared: bool) -> dict[str, str]:

@@ -11,7 +11,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +23,23 @@ def reason(err: OSError) -> str:
     if err.errno == errno.ENOSPC:
         return "no space left on device"
     return (err.strerror or str(err) or type(err).__name__).lower()
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what making ``folder`` makes."""
+    return [path for path in (folder, *folder.parents) if not path.exists()]
+
+
+def remove_empty_folders(folders: Iterable[Path]) -> None:
+    """Remove ``folders`` (deepest first: those a failed write or run made) while they are empty. The first one that
+    is not empty ends it, since the folders above it hold it; one already gone is skipped."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 def blocking_file(path: Path) -> Path | None:

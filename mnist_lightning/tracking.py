@@ -28,7 +28,7 @@ from torch import Tensor
 from mnist_lightning.checkpoints import METRICS_KEY, RUN_ID_KEY, artifact_metadata
 from mnist_lightning.errors import MNISTLightningError
 from mnist_lightning.outputs import ensure_writable_folder, write_atomically
-from mnist_lightning.runs import new_run_id, run_directory
+from mnist_lightning.runs import PROJECT_FOLDER, new_run_id, run_directory
 
 # the checkpoint key of the W&B run's next history step when it was saved (a resumed run goes on from there)
 WANDB_STEP_KEY = "wandb_step"
@@ -92,8 +92,7 @@ class AutoWandbLogger(WandbLogger):
         **kwargs: Any,
     ) -> None:
         if offline is None:
-            mode = os.environ.get("WANDB_MODE")
-            offline = mode in ("offline", "dryrun") if mode else not wandb_logged_in()
+            offline = wandb_mode() in ("offline", "dryrun")
         # wandb's own banner is replaced by the one line printed in finalize()
         os.environ.setdefault("WANDB_SILENT", "true")
         if not kwargs.get("save_dir"):
@@ -174,9 +173,7 @@ class AutoWandbLogger(WandbLogger):
         record_next_step(run)
         if self.is_offline or run.offline:
             folder = Path(run.dir.removesuffix("/files"))
-            parts = offline_folders(folder.parent, run.id) or [folder]
-            if self.evaluates_run:  # the training run too, which the evaluation points to (synced ones are skipped)
-                parts = offline_folders(folder.parent, self.evaluates_run) + parts
+            parts = sync_folders(folder, run.id, self.evaluates_run)
             print(f"W&B: offline run saved in {folder}; upload it with: {sync_command(parts)}", file=sys.stderr)
         elif run.url:
             print(f"W&B: run at {run.url}", file=sys.stderr)
@@ -212,6 +209,18 @@ def offline_folders(wandb_dir: Path, run_id: str) -> list[Path]:
     return sorted(wandb_dir.glob(f"offline-run-*-{run_id}"))
 
 
+def sync_folders(folder: Path, run_id: str, training_run_id: str | None = None) -> list[Path]:
+    """What ``wandb sync`` needs for the offline run ``run_id`` in ``folder``: the folders of the training run it
+    evaluates first, if any (wandb skips those already synced), then every folder of this run, or ``folder``."""
+    parts = offline_folders(folder.parent, run_id) or [folder]
+    return (offline_folders(folder.parent, training_run_id) if training_run_id else []) + parts
+
+
+def wandb_mode() -> str:
+    """The mode a run starts in: ``WANDB_MODE`` when set, else online when logged in, else offline."""
+    return os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+
+
 def record_next_step(run: Any) -> None:
     """Note the run's next history step in its folder (beside wandb's files, not uploaded): a later part of the run
     (``fit --ckpt_path``) starts after it."""
@@ -237,7 +246,7 @@ def sync_command(folders: list[Path]) -> str:
 def training_group(save_dir: Path, project: str | None, run_id: str) -> str:
     """The W&B group of training run ``run_id``: the one in its ``config.yaml``, else the run id (which then groups
     the run's evaluations)."""
-    config = save_dir / (project or "mnist-lightning") / run_id / "config.yaml"
+    config = save_dir / (project or PROJECT_FOLDER) / run_id / "config.yaml"
     try:
         settings = yaml.safe_load(config.read_text()) or {}
         logger = (settings.get("trainer") or {}).get("logger") or {}

@@ -105,6 +105,15 @@ def module_process_state() -> object:
         yield state
 
 
+def one_error_line(result: subprocess.CompletedProcess[str], code: int | None = 1) -> str:
+    """The single ``mnist-lightning: error`` line of a failed command (and no traceback); ``code`` None: any
+    non-zero exit code."""
+    assert result.returncode != 0 if code is None else result.returncode == code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("mnist-lightning: error")]
+    return line
+
+
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``mnist-lightning *args`` in this process, as the console script would run it in a new one.
 

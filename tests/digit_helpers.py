@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 TESTS = Path(__file__).resolve().parent
@@ -106,3 +107,14 @@ def encode(image: Image.Image, format: str = "PNG", **options: object) -> bytes:
 def digit_png(digit: np.ndarray) -> bytes:
     """An MNIST digit as the drawing page sends it: white on black, ten times larger, as a PNG."""
     return encode(Image.fromarray(digit).resize((280, 280), Image.Resampling.BICUBIC))
+
+
+class BrokenModel(torch.nn.Module):
+    """A model whose forward pass fails: a bug, which must not pass for a bad request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("forward pass broke")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -17,17 +18,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import one_error_line, run_cli
 
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
 VALIDATE = ["validate", *QUIET, "--trainer.limit_val_batches", "1"]
+error_line = functools.partial(one_error_line, code=None)  # any non-zero exit code
 SUGGESTED = re.compile(r"--ckpt_path ('[^']*'|\S+)")
-
-
-def error_line(result) -> str:  # type: ignore[no-untyped-def]
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("mnist-lightning: error")]
-    return line
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, REPO, start_console_script
+from conftest import CONFIGS, start_console_script
+from digit_helpers import python_path
 from test_ddp import free_port
 
 from mnist_lightning.threads import thread_share
@@ -30,7 +31,7 @@ FIT += ("--trainer.callbacks+=cpu_thread_recorder.ThreadRecorder", "--trainer.ca
 def rank_environment(omp_num_threads: str | None, **ranks: str) -> dict[str, str]:
     """The suite's environment with tests/ importable, ``OMP_NUM_THREADS`` as given (None: unset) and ``ranks``."""
     env = {key: value for key, value in os.environ.items() if key not in ("WANDB_SERVICE", "OMP_NUM_THREADS")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = python_path()
     if omp_num_threads is not None:
         env["OMP_NUM_THREADS"] = omp_num_threads
     return env | ranks

@@ -8,14 +8,14 @@ checkpoints.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, metric, run_cli, run_console_script
+from conftest import CONFIGS, metric, run_cli, run_console_script
+from digit_helpers import python_path
 from lightning.pytorch.strategies import DDPStrategy
 from wandb_offline import read_run
 
@@ -45,7 +45,7 @@ def run_ddp(monkeypatch: pytest.MonkeyPatch, *args: str) -> subprocess.Completed
 
 def test_ddp_fit_shards_the_epoch_and_evaluates_whole_splits(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the subprocesses import the recording callback from tests/
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", python_path())
     fit_args = ("fit", "--config", str(CONFIGS / "mlp_128_64.yaml"), "--trainer.max_epochs", "1")
     # 512 per process: 53 full global batches of 1,024 and a last one of 728 split 364/364
     fit_args += ("--data.batch_size", "512", "--trainer.callbacks+=sample_recorder.SeenSampleRecorder")

@@ -15,7 +15,7 @@ from typing import IO
 
 import pytest
 import torch
-from conftest import CONFIGS, run_cli, start_console_script, subprocess_env
+from conftest import CONFIGS, one_error_line, run_cli, start_console_script, subprocess_env
 
 from mnist_lightning.checkpoints import find_last
 
@@ -24,14 +24,6 @@ TINY = (
     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "2",
     "--trainer.enable_progress_bar", "false",
 )  # fmt: skip
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    """The single ``mnist-lightning: error`` line of a failed command (and no traceback)."""
-    assert result.returncode == code, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("mnist-lightning: error")]
-    return line
 
 
 def no_wandb_run_anywhere(root: Path) -> bool:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import torch
-from digit_helpers import digit_png, encode, huge_png, jpeg_claiming, python_path, serving
+from digit_helpers import BrokenModel, digit_png, encode, huge_png, jpeg_claiming, python_path, serving
 from PIL import Image
 from tiny_models import TinyCNNClassifier
 
@@ -285,17 +285,6 @@ def test_a_chunked_body_within_the_limit_is_read(address: str, known_digits: lis
     png, label = known_digits[1]
     status, _, body = raw_request(address, CHUNKED + chunked(predict_body(png), size=1000))
     assert status == 200 and json.loads(body)["prediction"] == label
-
-
-class BrokenModel(torch.nn.Module):
-    """A model whose forward pass fails: a bug, which must not pass for a bad request."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("forward pass broke")
 
 
 def test_a_bug_is_a_500_with_its_traceback_in_the_log(

@@ -43,11 +43,19 @@ class Server:
     def __init__(self, process: subprocess.Popen[str], address: tuple[str, int]) -> None:
         self.process, self.address = process, address
         self.lines: list[str] = []
+        self.arrived = threading.Condition()  # notified for every new line
         threading.Thread(target=self.read_log, daemon=True).start()
 
     def read_log(self) -> None:
         for line in self.process.stdout:  # type: ignore[union-attr]
-            self.lines.append(line.rstrip("\n"))
+            with self.arrived:
+                self.lines.append(line.rstrip("\n"))
+                self.arrived.notify_all()
+
+    def wait(self, until: Callable[[], bool], message: Callable[[], str]) -> None:
+        """Until ``until()`` holds for the lines so far (checked as each arrives), at most 60 s."""
+        with self.arrived:
+            assert self.arrived.wait_for(until, timeout=60), message()
 
     def lines_of(self, action: Callable[[], object], wait_for: int = 0) -> tuple[object, list[str]]:
         """What ``action`` returns, and the log lines the server wrote for it: those before a marker request sent
@@ -55,17 +63,14 @@ class Server:
         to hear about)."""
         first = len(self.lines)
         result = action()
-        deadline = time.monotonic() + 60
-        while len(self.lines) - first < wait_for:
-            assert time.monotonic() < deadline, f"no log line: {self.lines[first:]}"
-            time.sleep(0.05)
+        self.wait(lambda: len(self.lines) - first >= wait_for, lambda: f"no log line: {self.lines[first:]}")
         marker = f"/marker-{uuid.uuid4().hex}"
         status, _, _ = exchange(self.address, f"GET {marker} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert status == 404
-        deadline = time.monotonic() + 60
-        while not any(marker in line for line in self.lines[first:]):
-            assert time.monotonic() < deadline, f"the marker never reached the log: {self.lines[first:]}"
-            time.sleep(0.05)
+        self.wait(
+            lambda: any(marker in line for line in self.lines[first:]),
+            lambda: f"the marker never reached the log: {self.lines[first:]}",
+        )
         lines = self.lines[first:]
         return result, [line for line in lines if marker not in line]
 

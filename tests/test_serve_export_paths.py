@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import one_error_line, run_cli
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "checkpoints_0_1" / "mlp.ckpt"
 
@@ -36,10 +36,8 @@ def export(*args: str) -> subprocess.CompletedProcess[str]:
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
     """The single error line of a refused export: exit 1, no traceback, no 'Exported'."""
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr and "Exported" not in result.stderr, result.stderr[-3000:]
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("mnist-lightning: error: ")]
-    return line
+    assert "Exported" not in result.stderr, result.stderr[-3000:]
+    return one_error_line(result)
 
 
 def suggested(line: str, option: str = "--output") -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import MNIST_DIR
-from digit_helpers import digit_png
+from digit_helpers import BrokenModel, digit_png
 
 from mnist_lightning.checkpoints import load_classifier
 from mnist_lightning.data import load_split
@@ -38,16 +38,19 @@ class Lines(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.lines: list[str] = []
+        self.arrived = threading.Condition()  # notified for every new line
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
+        with self.arrived:
+            self.lines.append(self.format(record))
+            self.arrived.notify_all()
 
     def wait_for(self, count: int, timeout: float = 60) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while len(self.lines) < count:
-            assert time.monotonic() < deadline, f"expected {count} log lines, got {self.lines}"
-            time.sleep(0.02)
-        return list(self.lines)
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.lines) >= count, timeout), (
+                f"expected {count} log lines, got {self.lines}"
+            )
+            return list(self.lines)
 
 
 @pytest.fixture
@@ -89,15 +92,6 @@ class GatedModel(torch.nn.Module):
         self.entered.set()
         assert self.gate.wait(timeout=120), "the test never opened the gate"
         return self.linear(images.flatten(1))
-
-
-class BrokenModel(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("forward pass broke")
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONFIGS, start_console_script, subprocess_env
+from digit_helpers import python_path
 
 from mnist_lightning import interrupts
 
-TESTS = Path(__file__).resolve().parent
 FIT = (
     "fit", "--config", str(CONFIGS / "linear.yaml"), "--trainer.enable_progress_bar", "false",
     "--trainer.max_epochs", "50", "--trainer.limit_train_batches", "12", "--trainer.limit_val_batches", "2",
@@ -33,7 +33,7 @@ FAILURE_BOUND_S = 600  # only a bound for a failure: a busy machine is slow
 
 def start(folder: Path, moment: str, sent: str, *args: str, **popen: object) -> subprocess.Popen[str]:
     env = subprocess_env() | {"SIGNAL_AT": moment, "SIGNAL_SENT": sent, "PYTHONFAULTHANDLER": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = python_path()
     callback = ("--trainer.callbacks+=train_signal_at.SignalAt",) if moment else ()
     return start_console_script(*FIT, *callback, *args, cwd=folder, env=env, **popen)
 

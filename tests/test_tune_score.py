@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 from conftest import run_console_script
+from digit_helpers import python_path
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from tune_models import PEAKS, pythonpath_with_tests
+from tune_models import PEAKS
 
 
 def peak_space(path: Path) -> Path:
@@ -41,7 +42,7 @@ def peak_space(path: Path) -> Path:
 
 def test_score_is_the_best_validation_and_the_checkpoint_follows_the_metric(monkeypatch: pytest.MonkeyPatch) -> None:
     # the console script, so that everything a trial prints (stdout too) is seen
-    monkeypatch.setenv("PYTHONPATH", pythonpath_with_tests())
+    monkeypatch.setenv("PYTHONPATH", python_path())
     result = run_console_script("tune", str(peak_space(Path("space.yaml"))))
 
     storage = JournalStorage(JournalFileBackend("runs/tune/peak/study.journal"))

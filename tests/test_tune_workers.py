@@ -14,10 +14,11 @@ import optuna
 import pytest
 import yaml
 from conftest import start_console_script, subprocess_env
+from digit_helpers import python_path
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-from tune_models import BARRIER_ENV, pythonpath_with_tests
+from tune_models import BARRIER_ENV
 
 from mnist_lightning.threads import THREADS_ENV, thread_share
 
@@ -56,7 +57,7 @@ def test_workers_train_with_their_share_of_the_cores(flags: list[str], user_thre
     barrier = Path("barrier").resolve()
     barrier.mkdir()
     env = {k: v for k, v in subprocess_env().items() if k != THREADS_ENV}  # the test session sets it to 1
-    env |= {"PYTHONPATH": pythonpath_with_tests(), BARRIER_ENV: str(barrier)}
+    env |= {"PYTHONPATH": python_path(), BARRIER_ENV: str(barrier)}
     if user_threads is not None:
         env[THREADS_ENV] = user_threads
     process = start_console_script("tune", str(write_space()), "--workers", "2", *flags, env=env)
@@ -89,7 +90,7 @@ def test_sigterm_to_the_first_process_stops_the_workers_too() -> None:
     settings = yaml.safe_load(space.read_text())
     settings["fixed"]["trainer.max_epochs"] = 200  # long trials: both still train when the signal comes
     space.write_text(yaml.safe_dump(settings))
-    env = subprocess_env() | {"PYTHONPATH": pythonpath_with_tests(), BARRIER_ENV: str(barrier)}
+    env = subprocess_env() | {"PYTHONPATH": python_path(), BARRIER_ENV: str(barrier)}
     process = start_console_script("tune", str(space), "--workers", "2", env=env)
     journal = Path("runs/tune/workers/study.journal")
     try:

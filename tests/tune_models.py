@@ -1,5 +1,5 @@
 """Classifiers for the tune tests, named by class path in their search spaces (also from the console script and
-the worker processes it starts: :func:`pythonpath_with_tests` puts this folder on their ``PYTHONPATH``).
+the worker processes it starts: :func:`digit_helpers.python_path` puts this folder on their ``PYTHONPATH``).
 
 Each is the linear model (``MLPClassifier`` without hidden layers in the ``linear`` preset) plus one behaviour.
 A trial's Trainer has a checkpoint callback and the dry run of ``tune``'s checks has none: the behaviours that
@@ -17,17 +17,11 @@ from torch import Tensor
 
 from mnist_lightning.models import MLPClassifier
 
-TESTS = Path(__file__).resolve().parent
 # the metric PeakEarlyClassifier logs at each validation: it peaks at the second validation (the one that ends epoch
 # 0 when there are two per epoch), which a reporter that reports once per epoch (step = epoch) never sees
 PEAKS = (0.5, 1.0, 0.25, 0.2)
 CRASH_ENV = "TUNE_TEST_CRASH"  # set: CrashingClassifier raises at its second training step
 BARRIER_ENV = "TUNE_TEST_BARRIER"  # a folder: BarrierClassifier waits there until two processes train at once
-
-
-def pythonpath_with_tests() -> str:
-    """``PYTHONPATH`` for a new process that must import this module."""
-    return os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def in_trial(model: MLPClassifier) -> bool:

@@ -18,6 +18,7 @@ from typing import NoReturn
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mnist_lightning.checkpoints import classifier_classes
+from mnist_lightning.data import MAX_SEED
 from mnist_lightning.errors import DEBUG_ENV
 
 PROG = "mnist-lightning"
@@ -56,8 +57,7 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 
 # what a setting takes, in words, where jsonargparse's type names would mislead ("Expected a <class 'bool'>" for a
-# seed): LightningCLI types seed_everything as bool | int, and seed_everything() takes 0 to 2**32 - 1
-MAX_SEED = 2**32 - 1
+# seed): LightningCLI types seed_everything as bool | int, and seed_everything() takes 0 to MAX_SEED (2**32 - 1)
 EXPECTED = {"seed_everything": f"an integer from 0 to {MAX_SEED} (or true for a random seed, false for none)"}
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text", "NoneType": "null"}
 CHOICE = "one of "

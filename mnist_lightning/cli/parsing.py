@@ -32,9 +32,9 @@ from mnist_lightning.checkpoints import (
     searched,
 )
 from mnist_lightning.cli.logger_settings import continue_wandb_run, follow_root_dir, logger_folders
-from mnist_lightning.cli.messages import EXPECTED, MAX_SEED, PROG, OneLineErrorParser, TentativeParseError
+from mnist_lightning.cli.messages import EXPECTED, PROG, OneLineErrorParser, TentativeParseError
 from mnist_lightning.cli.presets import resolve_preset_args, show_model_help
-from mnist_lightning.data import MNISTDataModule, default_data_dir
+from mnist_lightning.data import MAX_SEED, MNISTDataModule, default_data_dir
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.evaluation.ensemble import expand_checkpoints
 

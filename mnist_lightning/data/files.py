@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from mnist_lightning.errors import MNISTLightningError
+from mnist_lightning.outputs import missing_folders, remove_empty_folders
 
 NUM_TRAIN = 60_000
 NUM_TEST = 10_000
@@ -185,7 +186,7 @@ def download(data_dir: str | Path) -> None:
 
     target = raw_dir(data_dir)
     missing = missing_raw_files(data_dir)
-    created = [folder for folder in (Path(data_dir), *Path(data_dir).parents) if not folder.exists()]
+    created = missing_folders(Path(data_dir))
     try:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=data_dir, prefix=".mnist-download-") as staging:
@@ -202,12 +203,12 @@ def download(data_dir: str | Path) -> None:
             for name in RAW_FILES:
                 os.replace(raw_dir(staging) / name, target / name)
     except OSError as err:
-        remove_empty(created)
+        remove_empty_folders(created)
         raise MNISTDataError(
             f"cannot write MNIST into {data_dir} ({err.strerror or err}); {_fix_hint(Path(data_dir))}"
         ) from err
     except MNISTDataError:
-        remove_empty(created)
+        remove_empty_folders(created)
         raise
 
 
@@ -225,15 +226,6 @@ def _download_failed(data_dir: str | Path, missing: list[str], err: Exception, f
         f"or .gz) in that folder, point --data.data_dir or {DATA_DIR_ENV} at a folder whose MNIST/raw holds them, "
         "or run again with internet access"
     )
-
-
-def remove_empty(folders: list[Path]) -> None:
-    """Remove ``folders`` (deepest first) where they are empty: those a failed download created."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
 
 
 def ensure_mnist(data_dir: str | Path, download_if_missing: bool = True) -> None:

@@ -51,18 +51,12 @@ def log_to_wandb(report: ModelReport, files: Sequence[Path]) -> None:
     its id would replace its history when synced (wandb issues #3841, #5865), so its files stay as ``fit`` left them."""
     import wandb
 
-    from mnist_lightning.tracking import (
-        TRAINING_RUN_KEY,
-        offline_folders,
-        sync_command,
-        training_group,
-        wandb_logged_in,
-    )
+    from mnist_lightning.tracking import TRAINING_RUN_KEY, sync_command, sync_folders, training_group, wandb_mode
 
     assert report.info is not None and report.info.wandb_run_id
     training_id = report.info.wandb_run_id
     root, project = wandb_root(report.info)
-    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    mode = wandb_mode()
     if mode == "disabled":  # W&B switched off: no run, and no sync line to print
         return
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -97,10 +91,8 @@ def log_to_wandb(report: ModelReport, files: Sequence[Path]) -> None:
     url = run.url if mode == "online" else None
     run.finish()
     if mode != "online":
-        # the training run's folders first (wandb skips those already synced), then the report's: every folder
-        # quoted for the shell, so that a path with spaces syncs as printed
-        wandb_dir = folder.parent
-        parts = offline_folders(wandb_dir, training_id) + (offline_folders(wandb_dir, run.id) or [folder])
+        # every folder quoted for the shell, so that a path with spaces syncs as printed
+        parts = sync_folders(folder, run.id, training_id)
         print(
             f"W&B: report logged into an offline run of its own ({where}) in {folder.resolve()}; "
             f"upload it with: {sync_command(parts)}",

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from mnist_lightning.data import normalize_uint8
 from mnist_lightning.errors import MNISTLightningError, OutputPathError
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.outputs import reason, replace_atomically
+from mnist_lightning.outputs import reason, remove_empty_folders, replace_atomically
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 INPUT_NAME = "images"
@@ -50,11 +50,7 @@ class ExportTarget:
 
     def remove_made_folders(self) -> None:
         """Remove the folders the write made, if they are still empty (after a failed export: nothing left)."""
-        for folder in reversed(self.missing_folders):
-            try:
-                folder.rmdir()
-            except OSError:
-                return
+        remove_empty_folders(reversed(self.missing_folders))
 
 
 def quoted(path: str | Path) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lightning.cli.argtypes import positive_int, positive_number
+from mnist_lightning.cli.messages import PROG
 from mnist_lightning.threads import share_threads
 from mnist_lightning.tuning.checks import probe
 from mnist_lightning.tuning.results import write_outputs
@@ -44,7 +45,6 @@ from mnist_lightning.tuning.workers import WorkerPool
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-PROG = "mnist-lightning"
 RESULT_FILES = "best.yaml, trials.csv, trials.md, history.png, importance.png"
 TABLE_FILES = "trials.csv, trials.md"
 STALE_AFTER = 600.0
@@ -150,7 +150,7 @@ def tune(
             if options.workers > 1:
                 # the count this process took, as a flag: torch caps a count from OMP_NUM_THREADS alone at the cores
                 others, args = options.workers - 1, [*options.worker_args(space), "--threads", str(threads)]
-                pool = WorkerPool.start(others, args, options.workers, threads)
+                pool = WorkerPool.start(others, args)
             optimize(journal, space, wandb_on, folder, between_trials=pool.check)
             pool.wait()
         except BaseException as err:

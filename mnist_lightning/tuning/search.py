@@ -3,7 +3,6 @@ print one line about it, until the study (whichever processes run it) has its to
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -12,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mnist_lightning.errors import MNISTLightningError, one_line
-from mnist_lightning.tuning.results import write_outputs, write_table
+from mnist_lightning.errors import one_line
+from mnist_lightning.tuning.results import write_table
 from mnist_lightning.tuning.space import SearchSpace
 from mnist_lightning.tuning.study import JournalStudy, counted
 from mnist_lightning.tuning.trial import run_trial
@@ -45,8 +44,8 @@ def optimize(
     """Run trials until the study has ``n_trials`` finished (complete or pruned) ones; returns how many ran here.
 
     A trial stopped by Ctrl+C or SIGTERM, or ended by an error (a bug, or a user error that shows only once
-    training runs), is marked failed and to be run again by ``--resume``; the tables are rewritten so they agree
-    with the journal, and the exception goes on (the command decides what to keep and what to print).
+    training runs), is marked failed and to be run again by ``--resume``, and the exception goes on: the command
+    (``command.stopped``) rewrites the tables so they agree with the journal, and decides what to keep and print.
     ``between_trials`` is called before each new trial (the command checks its worker processes there).
     """
     import optuna
@@ -75,14 +74,10 @@ def optimize(
             # Ctrl+C (Lightning turns it into SystemExit after saving last.ckpt) or SIGTERM (a batch system taking
             # the machine back): --resume runs this trial again
             journal.fail_for_rerun(trial.number, "interrupted", "interrupted")
-            with contextlib.suppress(MNISTLightningError):
-                write_outputs(study, space, folder)
-            raise
+            raise  # the tables are written once, by tune's stopped()
         except BaseException as err:
             reason = one_line(str(err) or type(err).__name__)[:200]
             journal.fail_for_rerun(trial.number, f"crashed: {reason}", "crashed")
-            with contextlib.suppress(Exception):
-                write_table(study, space, folder)
             raise
         else:
             study.tell(trial, value)

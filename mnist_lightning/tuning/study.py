@@ -23,7 +23,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from mnist_lightning.errors import ConfigError, one_line
-from mnist_lightning.outputs import ensure_writable_folder
+from mnist_lightning.outputs import ensure_writable_folder, missing_folders, remove_empty_folders
 from mnist_lightning.tuning.space import SearchSpace, space_changes
 
 if TYPE_CHECKING:  # Optuna is imported when a search starts: the other commands do not pay for it
@@ -104,16 +104,7 @@ class JournalStudy:
         trial_id = self.trial_id(number)
         self.storage.set_trial_user_attr(trial_id, "note", note)
         self.storage.set_trial_user_attr(trial_id, reason, True)
-        self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-
-    def fail_interrupted(self, number: int, note: str) -> None:
-        """End trial ``number``, left running by a process that is gone, as failed by interruption."""
-        from optuna.trial import TrialState
-
-        trial_id = self.trial_id(number)
-        self.storage.set_trial_user_attr(trial_id, "note", note)
-        self.storage.set_trial_user_attr(trial_id, "interrupted", True)
-        # another resuming process may have ended it a moment ago
+        # skip_if_finished: another resuming process may have ended it a moment ago
         self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
 
@@ -158,9 +149,9 @@ class CreatedFolders:
 
     @classmethod
     def make(cls, folder: Path) -> CreatedFolders:
-        missing = [p for p in [folder, *folder.parents] if not p.exists()]
+        missing = missing_folders(folder)  # deepest first
         ensure_writable_folder(folder, "the study folder (--root)")
-        return cls(missing)  # deepest first
+        return cls(missing)
 
 
 def open_study(space: SearchSpace, folder: Path, resume: bool) -> tuple[JournalStudy, CreatedFolders | None]:
@@ -274,7 +265,7 @@ def recover_interrupted(journal: JournalStudy, stale_after: float) -> list[int]:
     here, now = machine_id(), time.time()
     for trial in journal.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if owner_gone(trial, here, now, stale_after):
-            journal.fail_interrupted(trial.number, "interrupted: its process ended")
+            journal.fail_for_rerun(trial.number, "interrupted: its process ended")
     trials = journal.study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     queued = []
@@ -307,9 +298,7 @@ def remove_study(folder: Path, created: CreatedFolders) -> None:
     for name in STUDY_FILES:
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()
-    for made in created.folders:  # deepest first
-        with contextlib.suppress(OSError):  # not empty: something else is in it
-            made.rmdir()
+    remove_empty_folders(created.folders)  # one not empty holds something else: kept, with those above it
 
 
 def counted(trial: FrozenTrial) -> bool:

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_lightning.errors import MNISTLightningError
-from mnist_lightning.threads import child_environment
+from mnist_lightning.interrupts import SIGNALS, exit_code
 
 # how long workers get to stop by themselves after the signal that stopped this process (a terminal's Ctrl+C reaches
 # them too), then after the signal passed on to them, before they are killed
 GRACE_SECONDS = 10.0
 STOP_SECONDS = 120.0
-INTERRUPTED_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+INTERRUPTED_CODES = tuple(exit_code(signum) for signum in SIGNALS)
 
 
 class WorkerFailed(MNISTLightningError):
@@ -42,12 +42,11 @@ class WorkerPool:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, count: int, worker_args: list[str], processes: int, threads: int | None) -> WorkerPool:
-        """Start ``count`` workers with ``worker_args`` (``tune``'s arguments), each given its share of the cores
-        as one of ``processes`` processes (``threads`` or the user's ``OMP_NUM_THREADS`` wins)."""
-        env = child_environment(processes, explicit=threads)
+    def start(cls, count: int, worker_args: list[str]) -> WorkerPool:
+        """Start ``count`` workers with ``worker_args`` (``tune``'s arguments, with ``--threads``: each worker's share
+        of the cores, which this process has also exported as ``OMP_NUM_THREADS`` by ``threads.share_threads``)."""
         command = [sys.executable, "-m", "mnist_lightning", "tune", *worker_args, "--resume", "--worker"]
-        return cls([subprocess.Popen(command, env=env) for _ in range(count)])
+        return cls([subprocess.Popen(command) for _ in range(count)])
 
     @property
     def pids(self) -> set[int]:
