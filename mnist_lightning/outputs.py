@@ -50,18 +50,28 @@ def blocking_file(path: Path) -> Path | None:
     return None
 
 
-def ensure_writable_folder(path: str | Path, what: str) -> Path:
-    """Create ``path`` (and its parents) and prove a file can be written in it, or raise one OutputPathError."""
-    path = Path(path)
+def refuse_file_in_the_way(path: Path, what: str) -> None:
+    """One OutputPathError when the folder ``path`` is a file, or a file stands where one of its parents must be."""
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{what} {path} is a file, not a folder; remove it or choose another folder")
     blocker = blocking_file(path)
     if blocker is not None:
         raise OutputPathError(f"{what} {path} cannot be made: {blocker} is a file, not a folder; choose another path")
+
+
+def prove_writable(folder: Path) -> None:
+    """Make and remove a file in ``folder``; OSError when it cannot be written (permissions, a read-only disk)."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+        pass
+
+
+def ensure_writable_folder(path: str | Path, what: str) -> Path:
+    """Create ``path`` (and its parents) and prove a file can be written in it, or raise one OutputPathError."""
+    path = Path(path)
+    refuse_file_in_the_way(path, what)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
+        prove_writable(path)
     except OSError as err:
         raise OutputPathError(f"cannot write {what} {path} ({reason(err)}); choose another folder") from None
     return path
@@ -85,16 +95,11 @@ def staged_folder(path: str | Path, what: str) -> Iterator[Path]:
     written (its other files stay). Raises one :class:`OutputPathError` at once when ``path`` cannot be written.
     """
     path = Path(os.path.abspath(path))
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"{what} {path} is a file, not a folder; remove it or choose another folder")
-    blocker = blocking_file(path)
-    if blocker is not None:
-        raise OutputPathError(f"{what} {path} cannot be made: {blocker} is a file, not a folder; choose another path")
+    refuse_file_in_the_way(path, what)
     anchor = next(parent for parent in path.parents if parent.is_dir())  # same file system as path will be
     try:
         if path.is_dir():  # the files will be moved into it: prove that now, not after the work
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-                pass
+            prove_writable(path)
         staging = Path(tempfile.mkdtemp(dir=anchor, prefix=f".{path.name}.partial-"))
     except OSError as err:
         raise OutputPathError(f"cannot write {what} {path} ({reason(err)}); choose another folder") from None

@@ -14,10 +14,10 @@ import optuna
 import pytest
 import yaml
 from conftest import CONFIGS, run_cli, start_console_script
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from wandb_offline import read_run
+
+from mnist_lightning.tuning.study import open_journal
 
 # a few batches per epoch and a small validation: a trial takes seconds
 SMALL = {"trainer.limit_train_batches": 5, "trainer.limit_val_batches": 3, "trainer.enable_progress_bar": False}
@@ -46,8 +46,7 @@ def read_table(study: str) -> list[dict[str, str]]:
 
 
 def load_study(study: str) -> optuna.Study:
-    storage = JournalStorage(JournalFileBackend(str(Path("runs/tune") / study / "study.journal")))
-    return optuna.load_study(study_name=study, storage=storage)
+    return optuna.load_study(study_name=study, storage=open_journal(Path("runs/tune") / study))
 
 
 def start_tune(*args: str) -> subprocess.Popen[str]:
@@ -221,8 +220,7 @@ def test_missing_space_and_existing_study_are_one_line() -> None:
 
     space = write_space(Path("space.yaml"), "taken", {"model.init_args.lr": [0.01]})
     Path("runs/tune/taken").mkdir(parents=True)
-    storage = JournalStorage(JournalFileBackend("runs/tune/taken/study.journal"))
-    optuna.create_study(study_name="taken", storage=storage, direction="maximize")
+    optuna.create_study(study_name="taken", storage=open_journal(Path("runs/tune/taken")), direction="maximize")
     result = run_cli("tune", str(space), check=False)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]

@@ -14,9 +14,9 @@ import optuna
 import pytest
 import yaml
 from conftest import run_console_script, start_console_script
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+
+from mnist_lightning.tuning.study import open_journal
 
 
 def write_space(path: Path, params: dict[str, Any], **fixed: Any) -> Path:
@@ -41,7 +41,7 @@ def write_space(path: Path, params: dict[str, Any], **fixed: Any) -> Path:
 
 
 def load_trials(journal: Path, study: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=study, storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+    return optuna.load_study(study_name=study, storage=open_journal(journal.parent)).trials
 
 
 def printed_command(stderr: str, marker: str) -> list[str]:

@@ -13,13 +13,11 @@ import optuna
 import pytest
 import yaml
 from conftest import run_cli
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tune_models import CRASH_ENV
 
 from mnist_lightning.tuning import load_space
-from mnist_lightning.tuning.study import open_study
+from mnist_lightning.tuning.study import open_journal, open_study
 
 SMALL = {
     "trainer.max_epochs": 1,
@@ -128,7 +126,7 @@ def test_resuming_with_another_space_is_one_line(changed: dict[str, Any], expect
 def test_resuming_with_the_same_space_but_more_trials_is_allowed() -> None:
     journal = create_study()
     run_cli("tune", str(write_space("kept", path="again.yaml")), "--resume", "--n_trials", "1")
-    trials = optuna.load_study(study_name="kept", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+    trials = optuna.load_study(study_name="kept", storage=open_journal(journal.parent)).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE]
 
 
@@ -162,8 +160,7 @@ def test_a_crash_in_a_kept_study_marks_the_trial_and_the_printed_line_reruns_it(
     result = run_cli("tune", str(crash_space("crash")), "--resume", check=False)
     assert result.returncode == 1 and "RuntimeError: a bug in the training step" in result.stderr
 
-    journal = JournalStorage(JournalFileBackend("runs/tune/crash/study.journal"))
-    trials = optuna.load_study(study_name="crash", storage=journal).trials
+    trials = optuna.load_study(study_name="crash", storage=open_journal(Path("runs/tune/crash"))).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[1].user_attrs.get("crashed")
     rows = read_table("crash")  # the table agrees with the journal

@@ -12,9 +12,9 @@ import torch
 import yaml
 from conftest import run_console_script
 from digit_helpers import python_path
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from tune_models import PEAKS
+
+from mnist_lightning.tuning.study import open_journal
 
 
 def peak_space(path: Path) -> Path:
@@ -45,8 +45,7 @@ def test_score_is_the_best_validation_and_the_checkpoint_follows_the_metric(monk
     monkeypatch.setenv("PYTHONPATH", python_path())
     result = run_console_script("tune", str(peak_space(Path("space.yaml"))))
 
-    storage = JournalStorage(JournalFileBackend("runs/tune/peak/study.journal"))
-    (trial,) = optuna.load_study(study_name="peak", storage=storage).trials
+    (trial,) = optuna.load_study(study_name="peak", storage=open_journal(Path("runs/tune/peak"))).trials
     # every validation reported, two per epoch
     assert trial.intermediate_values == pytest.approx(dict(enumerate(PEAKS)))
     assert trial.value == 1.0  # the best, not the last (0.2) nor the best of one per epoch (0.5)

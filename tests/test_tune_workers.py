@@ -15,12 +15,11 @@ import pytest
 import yaml
 from conftest import start_console_script, subprocess_env
 from digit_helpers import python_path
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tune_models import BARRIER_ENV
 
 from mnist_lightning.threads import THREADS_ENV, thread_share
+from mnist_lightning.tuning.study import open_journal
 
 
 def write_space() -> Path:
@@ -116,7 +115,5 @@ def test_sigterm_to_the_first_process_stops_the_workers_too() -> None:
 
 
 def load_trials(journal: Path) -> list[optuna.trial.FrozenTrial]:
-    storage = JournalStorage(JournalFileBackend(str(journal)))
-    return [
-        t for t in optuna.load_study(study_name="workers", storage=storage).trials if not t.user_attrs.get("surplus")
-    ]
+    trials = optuna.load_study(study_name="workers", storage=open_journal(journal.parent)).trials
+    return [t for t in trials if not t.user_attrs.get("surplus")]

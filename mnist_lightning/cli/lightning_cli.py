@@ -50,12 +50,19 @@ DEFAULTS_FILE = config_dir() / "defaults.yaml"
 LOGGER_OFF = ("false", "False")
 
 
+def command_line(args: ArgsType) -> list[str] | None:
+    """The arguments of the command line: ``args``, or ``sys.argv`` after the program when None; None when ``args``
+    is a config (a dict or Namespace) rather than arguments."""
+    argv = sys.argv[1:] if args is None else args
+    return list(argv) if isinstance(argv, (list, tuple)) else None
+
+
 def defaults_without_logger(args: ArgsType) -> dict[str, Any] | None:
     """When the command line ends by switching the logger off (``--trainer.logger false``, after any ``--config``,
     ``--trainer`` or other ``--trainer.logger`` argument): defaults.yaml's settings but the logger, as parser
     defaults. Otherwise None (defaults.yaml is read as a default config file)."""
-    argv = sys.argv[1:] if args is None else args
-    if not isinstance(argv, (list, tuple)):
+    argv = command_line(args)
+    if argv is None:
         return None
     last = None  # the last argument that can set the logger, with its value
     for index, arg in enumerate(argv):
@@ -73,8 +80,8 @@ def defaults_without_logger(args: ArgsType) -> dict[str, Any] | None:
 
 def subcommand_named(args: ArgsType, subcommands: dict[str, set[str]]) -> str | None:
     """The subcommand a command line starts with (``sys.argv`` when ``args`` is None), or None."""
-    argv = sys.argv[1:] if args is None else args
-    if not isinstance(argv, (list, tuple)) or not argv:
+    argv = command_line(args)
+    if not argv:
         return None
     return argv[0] if argv[0] in subcommands else None
 

@@ -89,7 +89,7 @@ def main(args: list[str] | None = None) -> None:
     else:
         interrupts.end_startup_guard()
     try:
-        if command is not None and not command.by_lightning:
+        if not by_lightning:
             options = argparse_parser().parse_args(argv)
             COMMANDS[options.command].run(options)
         else:

@@ -15,7 +15,6 @@ import io
 import os
 import shlex
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from mnist_lightning.data import normalize_uint8
 from mnist_lightning.errors import MNISTLightningError, OutputPathError
 from mnist_lightning.models.base import MNISTClassifier
-from mnist_lightning.outputs import reason, remove_empty_folders, replace_atomically
+from mnist_lightning.outputs import prove_writable, reason, remove_empty_folders, replace_atomically
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 INPUT_NAME = "images"
@@ -148,8 +147,7 @@ def missing_folders(folder: Path, what: str, example: str) -> list[Path]:
 def probe_writable(folder: Path, what: str, example: str) -> None:
     """Prove a file can be made in ``folder`` (permissions, a read-only disk), leaving nothing behind."""
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
+        prove_writable(folder)
     except OSError as err:
         raise OutputPathError(
             f"cannot write {what}: folder {quoted(folder)} is not writable ({reason(err)}); "
